@@ -1,0 +1,175 @@
+"""The compute half of a node: runs the core's ``Train`` and ``Aggregate`` effects.
+
+Pure (numpy + JAX, no I/O), so the daemon runs it in a worker thread/process and the simulator
+in its worker pool, and both get identical results for identical inputs:
+
+* :class:`Learner` holds one node's data shard (train + validation split), its model, and, for a
+  deliberately malicious node, its attack. ``train(job)`` returns ``TrainingDone``;
+  ``aggregate(job)`` returns ``AggregationDone``.
+* :func:`resolve_rule` maps a rule name (including ``default``) to a function of
+  :data:`dfl.learning.robust.RULES`.
+
+A malicious node trains (on poisoned data for data attacks), then poisons what it *publishes*
+(model attacks); it keeps its honestly trained model as its own state, and it aggregates like an
+honest ``fedavg`` node, so its attacks stay relative to where the network is. Attacks that need
+honest updates get the peer models the node received in its previous aggregation -- exactly what a
+malicious node of a real network sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dfl.errors import UsageError
+from dfl.learning.attacks import AttackContext, get_attack
+from dfl.learning.models import Model
+from dfl.learning.robust import RULES, Rule, RuleContext
+from dfl.node.core import Aggregate, AggregationDone, Train, TrainingDone
+
+__all__ = ["DEFAULT_RULE", "Learner", "TrainSettings", "resolve_rule"]
+
+#: The rule behind the name ``default``; chosen from the poisoning matrix (benchmarks/RESULTS.md).
+DEFAULT_RULE = "cclip"
+
+
+def resolve_rule(name: str) -> Rule:
+    """Return the robust rule registered as ``name`` (``default`` -> :data:`DEFAULT_RULE`)."""
+    key = DEFAULT_RULE if name == "default" else name
+    try:
+        return RULES[key]
+    except KeyError:
+        raise UsageError(
+            f"unknown robust rule {name!r} (known: default, {', '.join(sorted(RULES))})"
+        ) from None
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    lr: float = 0.05
+    batch_size: int = 32
+    epochs: int = 1
+    momentum: float = 0.0
+
+
+class Learner:
+    """One node's local learning: data shard, model, optional attack."""
+
+    def __init__(
+        self,
+        model: Model,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        num_classes: int,
+        settings: TrainSettings,
+        validation_share: float = 0.1,
+        attack: str | None = None,
+        seed: int = 0,
+        num_byzantine: int = 1,
+        num_nodes: int = 0,
+    ) -> None:
+        if len(x) != len(y) or len(x) == 0:
+            raise UsageError("a learner needs a non-empty shard with as many labels as inputs")
+        self.model = model
+        self.settings = settings
+        self.num_classes = num_classes
+        self.seed = seed
+        self.num_byzantine = num_byzantine
+        self.num_nodes = num_nodes
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(x))
+        n_val = int(round(len(x) * validation_share))
+        n_val = min(max(n_val, 1 if len(x) > 1 else 0), len(x) - 1)
+        val, train = order[:n_val], order[n_val:]
+        self.x_val, self.y_val = x[val], y[val]
+        self.x_train, self.y_train = x[train], y[train]
+        self.attack = get_attack(attack) if attack and attack != "none" else None
+        if self.attack is not None and self.attack.poison_data is not None:
+            self.x_train, self.y_train = self.attack.poison_data(
+                self.x_train, self.y_train, np.random.default_rng(seed + 1), num_classes
+            )
+        self._stale: list[np.ndarray] = []
+
+    @property
+    def samples(self) -> int:
+        return len(self.x_train)
+
+    def evaluate_val(self, params: np.ndarray) -> tuple[float, float]:
+        """Accuracy and loss on the node's own validation data (training data if it has none)."""
+        if len(self.x_val) == 0:
+            return self.model.evaluate(params, self.x_train, self.y_train)
+        return self.model.evaluate(params, self.x_val, self.y_val)
+
+    def train(self, job: Train) -> TrainingDone:
+        s = self.settings
+        free_rider = self.attack is not None and self.attack.name == "free_rider"
+        if free_rider:
+            new = np.asarray(job.model, dtype=np.float32)
+        else:
+            new = self.model.train_local(
+                job.model,
+                self.x_train,
+                self.y_train,
+                epochs=s.epochs,
+                batch_size=s.batch_size,
+                lr=s.lr,
+                seed=job.seed,
+            )
+        acc, loss = self.evaluate_val(new)
+        published = new
+        if self.attack is not None and self.attack.poison_model is not None:
+            d = new.shape[0]
+            neigh = (
+                np.stack(job.neighbor_models)
+                if job.neighbor_models
+                else np.zeros((0, d), dtype=np.float32)
+            )
+            ctx = AttackContext(
+                own_model=new,
+                prev_model=np.asarray(job.model, dtype=np.float32),
+                neighbor_models=neigh,
+                num_byzantine=self.num_byzantine,
+                num_nodes=self.num_nodes,
+                round=job.round,
+                seed=job.seed,
+                stale_models=tuple(self._stale),
+            )
+            published = np.asarray(self.attack.poison_model(ctx), dtype=np.float32)
+        self._stale = [new] if not self._stale else [self._stale[0]]
+        metrics = {"val_accuracy": float(acc), "val_loss": float(loss) if np.isfinite(loss) else 1e9}
+        return TrainingDone(
+            round=job.round,
+            model=new,
+            samples=self.samples,
+            metrics=metrics,
+            published=published,
+        )
+
+    def aggregate(self, job: Aggregate) -> AggregationDone:
+        rule = resolve_rule(job.rule)
+        d = job.own.shape[0]
+        cands = (
+            np.stack(job.candidates) if job.candidates else np.zeros((0, d), dtype=np.float32)
+        )
+        ctx = RuleContext(
+            own_samples=job.own_samples,
+            num_byzantine=job.num_byzantine,
+            round=job.round,
+            seed=job.seed,
+            evaluate=self.evaluate_val,
+            candidate_ids=job.authors,
+            state=dict(job.state),
+        )
+        res = rule(job.own, cands, np.asarray(job.weights, dtype=np.float64), ctx)
+        state: dict[str, Any] = dict(res.state)
+        return AggregationDone(
+            round=job.round,
+            model=np.asarray(res.model, dtype=np.float32),
+            accepted=tuple(bool(v.accepted) for v in res.verdicts),
+            scores=tuple(float(v.score) for v in res.verdicts),
+            reasons=tuple(str(v.reason) for v in res.verdicts),
+            state=state,
+        )
