@@ -576,6 +576,8 @@ class TaskManifest:
             raise _bad("unsupported-version", f"manifest version {self.version!r}")
         for name in ("name", "model", "dataset", "partition"):
             _check_text(getattr(self, name), f"manifest.{name}", allow_empty=name == "partition")
+        if type(self.lr) is int:  # TOML/CLI convenience: ``lr = 1`` means 1.0
+            object.__setattr__(self, "lr", float(self.lr))
         _check_float(self.lr, "manifest.lr")
         if not self.lr > 0:
             raise _bad("bad-field", "manifest.lr must be positive")

@@ -59,8 +59,9 @@ def check_block(
 
     Rules, in order (reason codes in quotes): ``"wrong-network"``; ``"bad-signature"`` (if
     ``check_signature``); genesis shape ``"bad-genesis"`` / ``"missing-prev"``; link to ``prev``:
-    ``"author-mismatch"``, ``"height-gap"``, ``"prev-mismatch"``, ``"round-regression"``,
-    ``"timestamp-regression"``; ``"future-timestamp"`` (only when ``now_ms`` is given);
+    ``"author-mismatch"``, ``"wrong-network"``, ``"height-gap"``, ``"prev-mismatch"``,
+    ``"round-regression"``, ``"timestamp-regression"``; ``"future-timestamp"`` (only when
+    ``now_ms`` is given);
     references: ``"self-reference"``, ``"own-chain-reference"``, ``"parent-not-accepted"``.
 
     Parameters
@@ -110,6 +111,8 @@ def _check_link(block: Block, prev: Block | None) -> None:
         raise InvalidBlock("bad-genesis", "only a height-0 block has prev = ZERO_HASH")
     if block.author != prev.author:
         raise InvalidBlock("author-mismatch", "prev has a different author")
+    if block.network != prev.network:
+        raise InvalidBlock("wrong-network", "prev is on a different network")
     if block.height != prev.height + 1:
         raise InvalidBlock("height-gap", f"height {block.height} after {prev.height}")
     if block.prev != prev.hash:

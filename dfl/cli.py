@@ -56,11 +56,12 @@ def init(home_dir: Path, network: str | None, force: bool) -> None:
 def _register() -> None:
     from dfl.commands.chain import chain
     from dfl.commands.data import data
+    from dfl.commands.node import node
     from dfl.commands.sim import sim
+    from dfl.commands.testbed import testbed
 
-    main.add_command(chain)
-    main.add_command(data)
-    main.add_command(sim)
+    for command in (chain, data, node, sim, testbed):
+        main.add_command(command)
 
 
 _register()

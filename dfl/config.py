@@ -177,13 +177,19 @@ class Config:
         return new
 
 
-_SECTIONS: dict[str, type] = {f.name: f.type for f in fields(Config)}  # type: ignore[misc]
+_SECTIONS: dict[str, type] = {
+    "node": NodeConfig,
+    "task": TaskConfig,
+    "round": RoundConfig,
+    "robust": RobustConfig,
+    "limits": LimitsConfig,
+}
 
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if typ is tuple[str, ...]:
+    if typ == tuple[str, ...]:
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return tuple(value)
         raise ConfigError(f"{where}: expected a list of strings, got {value!r}")

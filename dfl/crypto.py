@@ -190,7 +190,7 @@ class Identity:
         return hash(self._public_key)
 
 
-def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
+def verify(public_key: bytes, message: bytes | bytearray | memoryview, signature: bytes) -> bool:
     """Return whether ``signature`` is a valid Ed25519 signature of ``message`` by ``public_key``.
 
     Never raises: inputs of the wrong type or length, invalid points and forged signatures all

@@ -72,7 +72,9 @@ def wire_fields(block: Block) -> list[Any]:
 
 
 def rich_block() -> Block:
-    verdicts = [Verdict(h(i), i % 3 != 0, i * 0.25 - 1.0, "ok" if i % 3 else "krum") for i in range(6)]
+    verdicts = [
+        Verdict(h(i), i % 3 != 0, i * 0.25 - 1.0, "ok" if i % 3 else "krum") for i in range(6)
+    ]
     return signed(
         height=3,
         prev=h(99),
@@ -455,7 +457,9 @@ def test_fuzz_decode_is_total() -> None:
     """>= 100,000 random and mutated inputs: only InvalidBlock ever escapes decode()."""
     rng = random.Random(20240601)
     seeds = [encode(rich_block()), encode(signed()), encode(signed(metrics={}))]
-    seeds += [encode(b) for b in (signed(verdicts=[Verdict(h(i), False, -2.5, "x")]) for i in range(2))]
+    seeds += [
+        encode(b) for b in (signed(verdicts=[Verdict(h(i), False, -2.5, "x")]) for i in range(2))
+    ]
     inputs: list[bytes] = []
     for _ in range(45_000):
         n = rng.choice([0, 1, 2, 3, 5, 8, 16, 40, 200])
@@ -559,7 +563,9 @@ def test_manifest_network_id() -> None:
 )
 def test_manifest_roundtrip(name: str, lr: float, batch: int, extra: dict[str, str]) -> None:
     try:
-        m = TaskManifest(name, "mlp", "digits", lr=lr, batch_size=batch, extra=tuple(sorted(extra.items())))
+        m = TaskManifest(
+            name, "mlp", "digits", lr=lr, batch_size=batch, extra=tuple(sorted(extra.items()))
+        )
     except InvalidBlock:
         return  # e.g. surrogate characters: not valid UTF-8
     assert TaskManifest.decode(m.encode()) == m
@@ -570,8 +576,13 @@ def test_manifest_rejections() -> None:
         TaskManifest(name="", model="mlp", dataset="digits")
     with pytest.raises(InvalidBlock):
         TaskManifest(name="x", model="mlp", dataset="digits", lr=0.0)
+    assert TaskManifest(name="x", model="mlp", dataset="digits", lr=1).lr == 1.0
     with pytest.raises(InvalidBlock):
-        TaskManifest(name="x", model="mlp", dataset="digits", lr=1)  # type: ignore[arg-type]
+        TaskManifest(name="x", model="mlp", dataset="digits", lr=True)
+    fields = msgpack.unpackb(TaskManifest(name="x", model="mlp", dataset="digits").encode())
+    fields[5] = 1  # an int on the wire is not the canonical float64
+    with pytest.raises(InvalidBlock):
+        TaskManifest.decode(msgpack.packb(fields))
     with pytest.raises(InvalidBlock):
         TaskManifest(name="x", model="mlp", dataset="digits", extra=(("b", ""), ("a", "")))
     m = TaskManifest(name="x", model="mlp", dataset="digits")

@@ -198,7 +198,8 @@ def _all_finite(x: F32) -> bool:
     # A sum is NaN/inf whenever an input is; only a (rare) overflow needs the full check.
     if x.size == 0:
         return True
-    total = np.ones(x.shape[0], np.float32) @ x if x.ndim == 2 else x
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.ones(x.shape[0], np.float32) @ x if x.ndim == 2 else x
     return bool(np.isfinite(total).all()) or bool(np.isfinite(x).all())
 
 
@@ -224,8 +225,9 @@ def _prepare(
         raise UsageError(f"weights must have shape ({n},), got {w_a.shape}")
     if ctx.candidate_ids is not None and len(ctx.candidate_ids) != n:
         raise UsageError(f"candidate_ids has {len(ctx.candidate_ids)} ids for {n} candidates")
-    own32 = np.ascontiguousarray(own_a, dtype=np.float32)
-    cand32 = np.ascontiguousarray(cand_a, dtype=np.float32)
+    with np.errstate(over="ignore"):  # out-of-range values become inf and are refused below
+        own32 = np.ascontiguousarray(own_a, dtype=np.float32)
+        cand32 = np.ascontiguousarray(cand_a, dtype=np.float32)
     w64 = np.asarray(w_a, dtype=np.float64)
     if not _all_finite(own32):
         raise UsageError("own model has non-finite values (or values outside float32 range)")
@@ -259,9 +261,10 @@ def _combine(own: F32, cands: F32, a: float, c: F64) -> F32:
     if cands.shape[0] == 0 or not np.any(c):
         out = (own * np.float32(a)).astype(np.float32) if a != 1.0 else own.copy()
     else:
-        out = c.astype(np.float32) @ cands
-        if a != 0.0:
-            out += np.float32(a) * own
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow -> float64 pass below
+            out = c.astype(np.float32) @ cands
+            if a != 0.0:
+                out += np.float32(a) * own
     if np.isfinite(out).all():
         return out
     # Overflow of float32 partial sums (inputs near float32 max): redo in float64.
@@ -278,7 +281,8 @@ def _centered_gram(own: F32, cands: F32, full: bool) -> F64:
     cache and sum the float32 partial products in float64.
     """
     for wide in (False, True):
-        acc = _gram_pass(own, cands, full, wide)
+        with np.errstate(over="ignore", invalid="ignore"):  # float32 overflow -> float64 pass
+            acc = _gram_pass(own, cands, full, wide)
         if np.isfinite(acc).all():
             return acc
     raise UsageError("model norms overflow float64")  # pragma: no cover - needs |x| > 1e150
@@ -319,9 +323,12 @@ def _sorted_pool(own: F32, cands: F32, rows: I64 | None = None) -> F32:
         buf[:, 0] = own
         buf[:, 1:] = cands.T
     else:
+        picked = cands[rows[rows > 0] - 1]
         buf = np.empty((d, rows.shape[0]), np.float32)
-        for j, r in enumerate(rows.tolist()):
-            buf[:, j] = own if r == 0 else cands[r - 1]
+        has_own = int(rows.shape[0] - picked.shape[0])
+        if has_own:
+            buf[:, 0] = own
+        buf[:, has_own:] = picked.T
     buf.sort(axis=1)
     return buf
 
@@ -340,6 +347,15 @@ def _krum_scores(sq: F64, members: I64, k: int) -> F64:
     part = np.sort(sub, axis=1)[:, :k]
     scores: F64 = part.sum(axis=1)
     return scores
+
+
+def _krum_order(sq: F64, members: I64, scores: F64) -> I64:
+    """Positions of ``members`` by Krum score; exact ties (e.g. two mutual nearest neighbours
+    when only one neighbour counts) are broken by the sum of all squared distances, then own
+    first, so the choice does not depend on candidate order."""
+    spread = sq[np.ix_(members, members)].sum(axis=1)
+    order: I64 = np.lexsort((members, spread, scores)).astype(np.int64)
+    return order
 
 
 def _own_result(own: F32, n: int, state: Mapping[str, Any], reason: str) -> RuleResult:
@@ -441,8 +457,9 @@ def _krum_select(own32: F32, x: F32, ctx: RuleContext) -> tuple[I64, F64, int]:
     m = x.shape[0] + 1
     f = _clamp_f(ctx.num_byzantine, (m - 3) // 2)
     sq = _pool_sqdist(_centered_gram(own32, x, full=True))
-    scores = _krum_scores(sq, np.arange(m, dtype=np.int64), m - f - 2)
-    order = np.argsort(scores, kind="stable")  # ties -> lower index; own (0) first
+    members = np.arange(m, dtype=np.int64)
+    scores = _krum_scores(sq, members, m - f - 2)
+    order = _krum_order(sq, members, scores)
     return order, scores, f
 
 
@@ -528,7 +545,7 @@ def bulyan(
     selected: list[int] = []
     while len(selected) < theta:
         scores = _krum_scores(sq, remaining, remaining.shape[0] - f - 2)
-        win = int(np.argmin(scores))  # ties -> lowest pool index
+        win = int(_krum_order(sq, remaining, scores)[0])
         selected.append(int(remaining[win]))
         remaining = np.delete(remaining, win)
     sel = np.array(sorted(selected), dtype=np.int64)
@@ -548,17 +565,23 @@ def bulyan(
 
 
 def _closest_to_median_mean(s: F32, beta: int) -> F32:
-    """Per row of sorted ``s`` (d, theta): mean of the ``beta`` values closest to the median."""
-    d, theta = s.shape
+    """Per row of sorted ``s`` (d, theta): mean of the ``beta`` values closest to the median.
+
+    Those values form a window ``[j, j + beta)`` of the sorted row. Sliding the window right by
+    one pays off iff the value it gains is closer to the median than the one it drops; that
+    holds for a prefix of positions, so ``j`` is the count of positions where it holds (ties
+    keep the window left). Only streaming whole-array passes, no per-column gathers.
+    """
+    theta = s.shape[1]
+    extra = theta - beta
     med = (s[:, (theta - 1) // 2].astype(np.float64) + s[:, theta // 2]) / 2.0
-    starts = theta - beta + 1  # candidate windows [j, j + beta) in sorted order
-    left = med[:, None] - s[:, :starts]
-    right = s[:, beta - 1 : beta - 1 + starts] - med[:, None]
-    best = np.argmin(np.maximum(left, right), axis=1)  # ties -> leftmost window
-    prefix = np.zeros((d, theta + 1), np.float64)
-    np.cumsum(s, axis=1, dtype=np.float64, out=prefix[:, 1:])
-    rows = np.arange(d)
-    total: F64 = prefix[rows, best + beta] - prefix[rows, best]
+    med32 = med.astype(np.float32)[:, None]
+    with np.errstate(over="ignore", invalid="ignore"):  # only at |x| ~ float32 max
+        gain = (s[:, beta:] - med32) < (med32 - s[:, :extra])  # (d, extra)
+    start = gain.sum(axis=1)[:, None]
+    pos = np.arange(theta)[None, :]
+    inside = (pos >= start) & (pos < start + beta)
+    total: F64 = np.where(inside, s, np.float32(0)).sum(axis=1, dtype=np.float64)
     return (total / beta).astype(np.float32)
 
 

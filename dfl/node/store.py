@@ -50,6 +50,7 @@ detected before LMDB maps it (mapping a truncated file would crash the process w
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 import struct
 import threading
@@ -539,6 +540,17 @@ def _check_data_file(data: Path) -> None:
         )
 
 
+def _abort(txn: lmdb.Transaction[bytes]) -> None:
+    """Abort ``txn``; a transaction whose commit failed is already gone, which is fine."""
+    with contextlib.suppress(lmdb.Error):
+        txn.abort()
+
+
+def _has_key(txn: lmdb.Transaction[bytes], db: lmdb._Database, key: bytes) -> bool:
+    """Whether ``key`` is in ``db`` without copying its value (blobs are large)."""
+    return txn.cursor(db=db).set_key(key)
+
+
 class LmdbStore:
     """A persistent :class:`BlockStore` in an LMDB environment (a directory).
 
@@ -664,19 +676,29 @@ class LmdbStore:
     def _read(self, fn: Callable[[lmdb.Transaction[bytes]], _T]) -> _T:
         with self._lock:
             env = self._live_env()
-            try:
-                with env.begin() as txn:
-                    return fn(txn)
-            except lmdb.Error as exc:
-                raise self._error("read failed", exc) from exc
+            for _ in range(3):
+                try:
+                    with env.begin() as txn:
+                        return fn(txn)
+                except lmdb.MapResizedError:
+                    self._adopt_map_size()
+                except lmdb.Error as exc:
+                    raise self._error("read failed", exc) from exc
+            raise StoreError(f"{self.file}: read failed: map keeps being resized")
 
     def _write(self, fn: Callable[[lmdb.Transaction[bytes]], _T]) -> _T:
-        """Run ``fn`` in one write transaction; on MapFullError abort, double the map, retry."""
+        """Run ``fn`` in one write transaction; on MapFullError abort, double the map, retry.
+
+        ``fn`` must only read and write through ``txn`` (it may run more than once).
+        """
         with self._lock:
             env = self._live_env()
             while True:
                 try:
                     txn = env.begin(write=True)
+                except lmdb.MapResizedError:  # another process grew the map
+                    self._adopt_map_size()
+                    continue
                 except lmdb.Error as exc:
                     raise self._error("cannot begin write", exc) from exc
                 try:
@@ -684,14 +706,20 @@ class LmdbStore:
                     txn.commit()
                     return result
                 except lmdb.MapFullError:
-                    txn.abort()
+                    _abort(txn)
                     self._grow()
                 except lmdb.Error as exc:
-                    txn.abort()
+                    _abort(txn)
                     raise self._error("write failed", exc) from exc
                 except BaseException:
-                    txn.abort()
+                    _abort(txn)
                     raise
+
+    def _adopt_map_size(self) -> None:
+        try:
+            self._live_env().set_mapsize(0)  # 0 = adopt the size another process set
+        except lmdb.Error as exc:
+            raise self._error("cannot adopt map size", exc) from exc
 
     def _grow(self) -> None:
         env = self._live_env()
@@ -757,7 +785,7 @@ class LmdbStore:
 
     def has(self, block_hash: bytes) -> bool:
         _check32(block_hash, "block hash")
-        return self._read(lambda txn: txn.get(block_hash, db=self._dbs[b"blocks"]) is not None)
+        return self._read(lambda txn: _has_key(txn, self._dbs[b"blocks"], block_hash))
 
     def get(self, block_hash: bytes) -> Block | None:
         _check32(block_hash, "block hash")
@@ -836,7 +864,7 @@ class LmdbStore:
 
     def has_blob(self, digest: bytes) -> bool:
         _check32(digest, "digest")
-        return self._read(lambda txn: txn.get(digest, db=self._dbs[b"blobs"]) is not None)
+        return self._read(lambda txn: _has_key(txn, self._dbs[b"blobs"], digest))
 
     def put_blob(self, blob: bytes) -> bytes:
         _check_bytes(blob, "blob")
@@ -848,7 +876,7 @@ class LmdbStore:
         _check32(digest, "digest")
 
         def delete(txn: lmdb.Transaction[bytes]) -> bool:
-            if txn.get(digest, db=self._dbs[b"blobs"]) is None:
+            if not _has_key(txn, self._dbs[b"blobs"], digest):
                 return False
             cur = txn.cursor(db=self._dbs[b"refs"])
             referers = []

@@ -100,6 +100,7 @@ log = logging.getLogger("dfl.p2p")
 Validator = Callable[[str, bytes], "bool | str"]
 BlobProvider = Callable[[bytes], "bytes | Awaitable[bytes | None] | None"]
 
+_STABLE_S = 10.0  # a connection that lasted this long resets the redial backoff
 _BLOB = TProtocol(wire.BLOB_PROTOCOL)
 _PEERS = TProtocol(wire.PEERS_PROTOCOL)
 _STAT_KEYS = (
@@ -148,6 +149,7 @@ _POSITIVE_FIELDS = (
     "penalty_invalid",
     "seen_ttl_s",
     "inbox_size",
+    "outbound_queue_size",
     "peer_exchange_interval_s",
     "backoff_min_s",
     "backoff_max_s",
@@ -200,6 +202,9 @@ class HostConfig:
         How long a message id is remembered for duplicate suppression.
     inbox_size:
         Capacity of the :meth:`P2PHost.messages` channel (overflow drops and counts).
+    outbound_queue_size:
+        RPCs queued per neighbour before gossip to it is dropped (py-libp2p's default is 32;
+        :meth:`P2PHost.publish` waits while a queue is over half full).
     peer_exchange_interval_s:
         Period of asking one random neighbour for more peers while below ``max_peers``.
     backoff_min_s, backoff_max_s:
@@ -232,6 +237,7 @@ class HostConfig:
     penalty_invalid: float = 4.0
     seen_ttl_s: int = 600
     inbox_size: int = 4096
+    outbound_queue_size: int = 512
     peer_exchange_interval_s: float = 10.0
     backoff_min_s: float = 1.0
     backoff_max_s: float = 60.0
@@ -332,12 +338,37 @@ class _Router(GossipSub):
         return True  # rate limiting happens before validation, in _Pubsub.push_msg
 
 
+class _QueueTable(dict[ID, Any]):
+    """``Pubsub.peer_queues`` that enlarges each per-peer outbound queue as it is stored.
+
+    py-libp2p 0.8.1 drops RPCs beyond 32 queued per peer: a burst of 30 publishes (or of
+    forwards) loses messages silently.
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def __setitem__(self, key: ID, queue: Any) -> None:
+        with suppress(AttributeError):
+            queue._queue.max_size = self.size
+        super().__setitem__(key, queue)
+
+
 class _Pubsub(Pubsub):
     """Pubsub with dfl's admission checks in front and delivery straight to the host inbox."""
 
-    def __init__(self, owner: P2PHost, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, owner: P2PHost, *args: Any, queue_size: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._owner = owner
+        self.peer_queues = _QueueTable(queue_size)
+
+    async def wait_for_queue_room(self, timeout_s: float) -> None:
+        """Wait (bounded) until every per-peer outbound queue is at most half full."""
+        table = self.peer_queues
+        with trio.move_on_after(timeout_s):
+            while any(len(q) > table.size // 2 for q in list(table.values())):
+                await trio.sleep(0.005)
 
     async def push_msg(self, msg_forwarder: ID, msg: Any) -> None:
         if msg_forwarder != self.my_id and not self._owner._admit(msg_forwarder, msg):
@@ -446,6 +477,7 @@ class P2PHost:
             validation_cache_ttl=0,  # every arrival is judged, so every bad sender is penalized
             max_inbound_rpc_size=max(4 * config.max_header_bytes, 256 * 1024),
             allowed_topics={config.topic},
+            queue_size=config.outbound_queue_size,
         )
         self._pubsub.set_topic_validator(config.topic, self._validate_gossip, False)
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[tuple[str, bytes]](
@@ -470,6 +502,7 @@ class P2PHost:
         self._book: dict[str, tuple[tuple[str, ...], bool]] = {}
         self._backoff: dict[str, _Backoff] = {}
         self._dialing: set[str] = set()
+        self._up_since: dict[str, float] = {}
         self._bootstrap = {info.peer_id.to_base58(): info for info in config._bootstrap_infos}
         self._stats = dict.fromkeys(_STAT_KEYS, 0)
         self._nursery: trio.Nursery | None = None
@@ -502,6 +535,8 @@ class P2PHost:
                 f"message of {len(data)} bytes exceeds max_header_bytes "
                 f"({self.config.max_header_bytes})"
             )
+        # backpressure instead of libp2p's drop-when-full outbound queues
+        await self._pubsub.wait_for_queue_room(self.config.read_idle_s)
         await self._pubsub.publish(self.config.topic, bytes(data))
         self._stats["published"] += 1
         self._stats["published_bytes"] += len(data)
@@ -632,6 +667,11 @@ class P2PHost:
             raise UsageError("cannot connect to ourselves")
         if self.is_banned(pid):
             raise PeerBanned(f"peer {pid} is banned")
+        with trio.move_on_after(self.config.dial_timeout_s + 1.0):
+            while pid in self._dialing:  # a dial of ours is already under way: share it
+                await trio.sleep(0.02)
+        if pid in self.connected_peers():
+            return
         if not await self._dial(info):
             raise PeerUnreachable(f"could not connect to {addr}")
 
@@ -893,18 +933,19 @@ class P2PHost:
             ok = False
         finally:
             self._dialing.discard(peer)
-        backoff = self._backoff.setdefault(peer, _Backoff())
-        now = trio.current_time()
         if ok:
-            backoff.failures = 0
-            backoff.next_try = now
+            # failures are forgiven only once the connection has lasted (see _events_loop)
             self._learn(peer, [_strip_p2p(a) for a in info.addrs], verified=True)
         else:
             self._stats["dial_failures"] += 1
-            delay = min(self.config.backoff_max_s, self.config.backoff_min_s * 2**backoff.failures)
-            backoff.failures += 1
-            backoff.next_try = now + delay * random.uniform(0.8, 1.2)
+            self._back_off(peer)
         return ok
+
+    def _back_off(self, peer: str) -> None:
+        backoff = self._backoff.setdefault(peer, _Backoff())
+        delay = min(self.config.backoff_max_s, self.config.backoff_min_s * 2**backoff.failures)
+        backoff.failures = min(backoff.failures + 1, 32)
+        backoff.next_try = trio.current_time() + delay * random.uniform(0.8, 1.2)
 
     def _may_dial(self, peer: str, now: float) -> bool:
         if peer == self.peer_id or peer in self._dialing or self._scores.is_banned(peer, now):
@@ -942,9 +983,13 @@ class P2PHost:
                     nursery.start_soon(self._disconnect, pid)
                 else:
                     nursery.start_soon(self._exchange_peers, pid)
-            elif kind == "down" and peer in self._bootstrap:
-                backoff = self._backoff.setdefault(peer, _Backoff())
-                backoff.next_try = min(backoff.next_try, trio.current_time() + 0.2)
+                    self._up_since.setdefault(peer, trio.current_time())
+            elif kind == "down" and peer not in self.connected_peers():
+                since = self._up_since.pop(peer, None)
+                if since is not None and trio.current_time() - since >= _STABLE_S:
+                    self._backoff.pop(peer, None)  # a lasting connection: redial right away
+                else:
+                    self._back_off(peer)  # dropped soon after connecting: maybe refused
 
     async def _maintain_loop(self, nursery: trio.Nursery) -> None:
         next_exchange = trio.current_time() + self.config.peer_exchange_interval_s

@@ -63,7 +63,7 @@ def test_publish_reaches_each_peer_exactly_once() -> None:
             assert sorted(d for _, d in got_c) == sorted([*sent, b"same-bytes"])
             assert sorted(d for _, d in got_b) == sorted(sent)
             assert all(origin == a.peer_id for origin, d in got_b)
-            assert not got_a or got_a == [(b.peer_id, b"same-bytes")] or got_a == []
+            assert got_a in ([], [(b.peer_id, b"same-bytes")])  # b may beat a to it
             assert a.stats()["published"] == 31
 
     run(body)
@@ -202,7 +202,7 @@ def test_banned_peer_is_disconnected_and_refused() -> None:
             await wait_until(lambda: b.peer_id in a.connected_peers())
             a.penalize(b.peer_id, "test", 2.0)
             assert not a.is_banned(b.peer_id)
-            a.penalize(b.peer_id, "test", 3.0)
+            a.penalize(b.peer_id, "test", 4.0)
             assert a.is_banned(b.peer_id)
             await wait_until(lambda: b.peer_id not in a.connected_peers(), 5)
             with pytest.raises(PeerBanned):
@@ -212,8 +212,10 @@ def test_banned_peer_is_disconnected_and_refused() -> None:
                 await b.connect(a.listen_addrs[0])
             except Exception:
                 pass
+            await wait_until(lambda: b.peer_id not in a.connected_peers(), 2)
+            # and b backs off instead of redialling in a loop
             await trio.sleep(0.5)
-            assert b.peer_id not in a.connected_peers()
+            assert b.stats()["dials"] <= 3
             assert a.stats()["bans"] == 1
 
     run(body)

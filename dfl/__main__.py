@@ -1,0 +1,5 @@
+"""`python -m dfl` is the `dfl` command."""
+
+from dfl.cli import main
+
+main()

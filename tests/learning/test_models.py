@@ -1,0 +1,168 @@
+"""Tests for dfl.learning.models: shapes, learning, no retracing, threads and processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from dfl.errors import UsageError
+from dfl.learning.data import load_dataset
+from dfl.learning.models import MODELS, Model, get_model
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"), [("logreg", 7850), ("mlp", 159010), ("lenet", 61706)]
+)
+def test_param_counts_on_mnist_shape(name: str, expected: int) -> None:
+    model = get_model(name, (28, 28, 1), 10)
+    assert model.num_params == expected
+    assert sum(sl.size for sl in model.layout) == expected
+    p = model.init(0)
+    assert p.dtype == np.float32 and p.shape == (expected,)
+    assert np.array_equal(p, model.init(0)) and not np.array_equal(p, model.init(1))
+
+
+def test_get_model_is_cached_and_pickles_by_name() -> None:
+    a = get_model("mlp", (8, 8), 10)
+    assert a is get_model("mlp", (8, 8, 1), 10)
+    assert pickle.loads(pickle.dumps(a)) is a
+    with pytest.raises(UsageError):
+        get_model("resnet", (8, 8, 1), 10)
+    with pytest.raises(UsageError):
+        get_model("mlp", (8, 8, 1), 1)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_models_run_on_small_inputs(name: str) -> None:
+    for shape in [(8, 8, 1), (5, 7, 1), (1, 1, 1)]:
+        model = get_model(name, shape, 3)
+        x = np.random.default_rng(0).random((7, *shape), dtype=np.float32)
+        y = np.array([0, 1, 2, 0, 1, 2, 0])
+        p = model.train_local(model.init(0), x, y, epochs=1, batch_size=4, lr=0.1, seed=0)
+        acc, loss = model.evaluate(p, x, y)
+        assert 0.0 <= acc <= 1.0 and np.isfinite(loss)
+        assert model.predict(p, x).shape == (7,)
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet"])
+def test_learns_digits(name: str) -> None:
+    ds = load_dataset("digits")
+    model = get_model(name, ds.input_shape, ds.num_classes)
+    p = model.train_local(
+        model.init(0), ds.x_train, ds.y_train, epochs=4, batch_size=32, lr=0.05, momentum=0.9,
+        seed=0,
+    )  # fmt: skip
+    acc, loss = model.evaluate(p, ds.x_test, ds.y_test)
+    assert acc >= 0.90, (name, acc, loss)  # chance is 0.10
+
+
+def test_logreg_learns_synthetic() -> None:
+    ds = load_dataset("synthetic", num_train=600, num_test=300, num_classes=5)
+    model = get_model("logreg", ds.input_shape, ds.num_classes)
+    p0 = model.init(0)
+    p = model.train_local(p0, ds.x_train, ds.y_train, epochs=3, batch_size=16, lr=0.2, seed=0)
+    acc, loss = model.evaluate(p, ds.x_test, ds.y_test)
+    assert acc >= 0.95 and loss < model.evaluate(p0, ds.x_test, ds.y_test)[1]
+
+
+def test_no_retrace_across_shard_sizes_lr_and_momentum() -> None:
+    model = get_model("mlp", (6, 5, 1), 4)  # a shape no other test uses: fresh trace counters
+    rng = np.random.default_rng(0)
+    p = model.init(0)
+    for n, lr, mom in [(5, 0.1, 0.0), (33, 0.05, 0.9), (100, 0.2, 0.5), (64, 1, 0)]:
+        x = rng.random((n, 6, 5, 1), dtype=np.float32)
+        y = rng.integers(0, 4, n)
+        p = model.train_local(p, x, y, epochs=2, batch_size=32, lr=lr, momentum=mom, seed=n)
+        model.evaluate(p, x, y, batch_size=64)
+    assert model.traces["step"] == 1
+    assert model.traces["eval"] <= 3  # pads to 32 / 64: one shape per power of two
+    model.train_local(p, x, y, epochs=1, batch_size=16, lr=0.1, seed=0)
+    assert model.traces["step"] == 2  # a new batch size compiles once more
+
+
+def test_deterministic_and_input_untouched() -> None:
+    ds = load_dataset("synthetic", num_train=100, num_test=10)
+    model = get_model("mlp", ds.input_shape, ds.num_classes)
+    p0 = model.init(3)
+    keep = p0.copy()
+    kw = {"epochs": 2, "batch_size": 16, "lr": 0.1, "seed": 7}
+    a = model.train_local(p0, ds.x_train, ds.y_train, **kw)
+    b = model.train_local(p0, ds.x_train, ds.y_train, **kw)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(p0, keep)
+    assert a.flags.writeable
+    c = model.train_local(p0, ds.x_train, ds.y_train, **{**kw, "seed": 8})
+    assert not np.array_equal(a, c)
+
+
+def test_full_batch_step_equals_grad_helper() -> None:
+    ds = load_dataset("synthetic", num_train=40, num_test=10)
+    model = get_model("logreg", ds.input_shape, ds.num_classes)
+    p0 = model.init(0)
+    g = model.grad(p0, ds.x_train, ds.y_train, batch_size=16)  # 3 padded batches, summed
+    step = model.train_local(p0, ds.x_train, ds.y_train, epochs=1, batch_size=40, lr=0.5, seed=0)
+    np.testing.assert_allclose(step, p0 - 0.5 * g, atol=1e-5)
+    assert model.loss(p0, ds.x_train, ds.y_train) > 0
+
+
+def test_bad_arguments() -> None:
+    model = get_model("logreg", (8, 8, 1), 10)
+    p = model.init(0)
+    x = np.zeros((4, 8, 8, 1), np.float32)
+    y = np.zeros(4, np.int32)
+    with pytest.raises(UsageError):
+        model.train_local(p[:-1], x, y, epochs=1, batch_size=2, lr=0.1, seed=0)
+    with pytest.raises(UsageError):
+        model.train_local(p, x[:, :4], y, epochs=1, batch_size=2, lr=0.1, seed=0)
+    with pytest.raises(UsageError):
+        model.train_local(p, x, y + 10, epochs=1, batch_size=2, lr=0.1, seed=0)
+    with pytest.raises(UsageError):
+        model.train_local(p, x, y, epochs=1, batch_size=0, lr=0.1, seed=0)
+    with pytest.raises(UsageError):
+        model.train_local(p, x, y, epochs=1, batch_size=2, lr=0.1, seed=0, momentum=1.0)
+    np.testing.assert_array_equal(
+        model.train_local(p, x[:0], y[:0], epochs=1, batch_size=2, lr=0.1, seed=0), p
+    )
+    assert model.evaluate(p, x[:0], y[:0]) == (0.0, 0.0)
+
+
+def _train_in_worker(model: Model, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return model.train_local(params, x, y, epochs=1, batch_size=8, lr=0.1, seed=1)
+
+
+def test_threads_and_spawned_process_agree() -> None:
+    ds = load_dataset("synthetic", num_train=64, num_test=8)
+    model = get_model("mlp", ds.input_shape, ds.num_classes)
+    p0 = model.init(0)
+    expected = _train_in_worker(model, p0, ds.x_train, ds.y_train)
+    with ThreadPoolExecutor(3) as pool:
+        futures = [
+            pool.submit(_train_in_worker, model, p0, ds.x_train, ds.y_train) for _ in range(3)
+        ]
+        for fut in futures:
+            np.testing.assert_array_equal(fut.result(), expected)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        out = pool.submit(_train_in_worker, model, p0, ds.x_train, ds.y_train).result(timeout=120)
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_centralized_mnist_accuracy() -> None:
+    ds = load_dataset("mnist")
+    lenet = get_model("lenet", ds.input_shape, ds.num_classes)
+    p = lenet.train_local(
+        lenet.init(0), ds.x_train, ds.y_train, epochs=1, batch_size=32, lr=0.05, momentum=0.9,
+        seed=0,
+    )  # fmt: skip
+    acc, _ = lenet.evaluate(p, ds.x_test, ds.y_test)
+    assert acc >= 0.97, acc
+    mlp = get_model("mlp", ds.input_shape, ds.num_classes)
+    p = mlp.train_local(mlp.init(0), ds.x_train, ds.y_train, epochs=1, batch_size=32, lr=0.1,
+                        seed=0)  # fmt: skip
+    acc, _ = mlp.evaluate(p, ds.x_test, ds.y_test)
+    assert acc >= 0.93, acc

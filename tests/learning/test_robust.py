@@ -1,0 +1,572 @@
+"""Tests of dfl.learning.robust: contracts for every rule, hand-computed values per rule, and
+the bounded-influence guarantee each rule promises against f outliers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dfl.errors import UsageError
+from dfl.learning import robust as R
+from dfl.learning.robust import RULES, RuleContext, RuleResult
+
+FAST = settings(max_examples=30, deadline=None)
+ALL = sorted(RULES)
+NEEDS_EVAL = {"dfl", "ubar"}
+
+
+def f32(x: Any) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32)
+
+
+def fake_eval(model: np.ndarray) -> tuple[float, float]:
+    """Deterministic (accuracy, loss) of a model: better the closer its mean is to 0."""
+    loss = float(np.mean(np.abs(model.astype(np.float64))))
+    return 1.0 / (1.0 + loss), loss
+
+
+def ids(n: int) -> tuple[bytes, ...]:
+    return tuple(i.to_bytes(4, "big") for i in range(n))
+
+
+def ctx_for(name: str, n: int, **kw: Any) -> RuleContext:
+    if name in NEEDS_EVAL:
+        kw.setdefault("evaluate", fake_eval)
+        kw.setdefault("candidate_ids", ids(n))
+    return RuleContext(**kw)
+
+
+def run(name: str, own: Any, cands: Any, weights: Any = None, **kw: Any) -> RuleResult:
+    cands = f32(cands)
+    n = cands.shape[0]
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    return RULES[name](f32(own), cands, w, ctx_for(name, n, **kw))
+
+
+def accepted(res: RuleResult) -> list[bool]:
+    return [v.accepted for v in res.verdicts]
+
+
+# ------------------------------------------------------------------------------ contracts
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_no_candidates_returns_own(name: str) -> None:
+    own = f32([1.0, -2.0, 3.5])
+    res = RULES[name](own, np.zeros((0, 3), np.float32), np.zeros(0), ctx_for(name, 0))
+    assert res.verdicts == ()
+    assert res.model.dtype == np.float32
+    np.testing.assert_array_equal(res.model, own)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_one_verdict_per_candidate_and_finite_float32(name: str) -> None:
+    rng = np.random.default_rng(3)
+    own = rng.normal(size=9)
+    cands = own + 0.1 * rng.normal(size=(7, 9))  # float64 input is accepted and converted
+    res = RULES[name](own, cands, np.arange(1, 8), ctx_for(name, 7, num_byzantine=1))
+    assert len(res.verdicts) == 7
+    assert res.model.dtype == np.float32 and res.model.shape == (9,)
+    assert np.isfinite(res.model).all()
+    assert all(math.isfinite(v.score) and v.reason for v in res.verdicts)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_extreme_finite_inputs_give_finite_float32(name: str) -> None:
+    big = np.finfo(np.float32).max
+    own = f32([0.0, 1.0, -1.0, 2.0])
+    cands = f32([[big, -big, big, -big], [-big, big, -big, big], [1, 1, 1, 1], [0, 1, 0, 1]])
+    res = run(name, own, cands, num_byzantine=1)
+    assert res.model.dtype == np.float32 and np.isfinite(res.model).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize(
+    ("own", "cands", "weights", "match"),
+    [
+        (np.zeros((2, 2)), np.zeros((1, 2)), np.ones(1), "own must have shape"),
+        (np.zeros(0), np.zeros((1, 0)), np.ones(1), "own must have shape"),
+        (np.zeros(2), np.zeros((1, 3)), np.ones(1), "candidates must have shape"),
+        (np.zeros(2), np.zeros(2), np.ones(1), "candidates must have shape"),
+        (np.zeros(2), np.zeros((2, 2)), np.ones(1), "weights must have shape"),
+        (np.zeros(2), np.zeros((1, 2)), -np.ones(1), "weights must be finite"),
+        (np.zeros(2), np.zeros((1, 2)), np.array([np.nan]), "weights must be finite"),
+        (np.zeros(2), np.array([[np.nan, 0.0]]), np.ones(1), "non-finite"),
+        (np.zeros(2), np.array([[np.inf, 0.0]]), np.ones(1), "non-finite"),
+        (np.array([0.0, np.inf]), np.zeros((1, 2)), np.ones(1), "non-finite"),
+        (np.zeros(2), np.array([[1e39, 0.0]]), np.ones(1), "float32 range"),
+        (np.zeros(2, bool), np.zeros((1, 2)), np.ones(1), "real numeric"),
+        (np.zeros(2), np.array([["a", "b"]]), np.ones(1), "real numeric"),
+    ],
+)
+def test_invalid_inputs_raise_usage_error(
+    name: str, own: Any, cands: Any, weights: Any, match: str
+) -> None:
+    with pytest.raises(UsageError, match=match):
+        RULES[name](own, cands, weights, ctx_for(name, len(weights)))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_unknown_param_rejected(name: str) -> None:
+    with pytest.raises(UsageError, match="param"):
+        run(name, [0.0], [[1.0]], params={"no_such_param": 1.0})
+
+
+def test_context_is_validated() -> None:
+    with pytest.raises(UsageError):
+        RuleContext(num_byzantine=-1)
+    with pytest.raises(UsageError):
+        RuleContext(own_samples=True)
+    with pytest.raises(UsageError):
+        RuleContext(candidate_ids=(b"a", b"a"))
+    with pytest.raises(UsageError):
+        RuleContext(params={"tau": math.nan})
+    with pytest.raises(UsageError, match="candidate_ids"):
+        run("fedavg", [0.0], [[1.0], [2.0]], candidate_ids=(b"a",))
+    with pytest.raises(UsageError, match="must be in"):
+        run("balance", [0.0], [[1.0]], params={"alpha": 2.0})
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS_EVAL))
+def test_rules_needing_evaluate_say_so(name: str) -> None:
+    with pytest.raises(UsageError, match="evaluate"):
+        RULES[name](f32([0.0]), f32([[1.0]]), np.ones(1), RuleContext(candidate_ids=(b"a",)))
+
+
+def test_dfl_needs_candidate_ids() -> None:
+    with pytest.raises(UsageError, match="candidate_ids"):
+        R.dfl(f32([0.0]), f32([[1.0]]), np.ones(1), RuleContext(evaluate=fake_eval))
+
+
+@st.composite
+def permuted_case(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int], int]:
+    n = draw(st.integers(1, 9))
+    d = draw(st.integers(1, 6))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    own = rng.normal(size=d).astype(np.float32)
+    cands = (own + rng.normal(size=(n, d)) * rng.uniform(0.1, 3.0, size=(n, 1))).astype(np.float32)
+    weights = rng.integers(1, 50, size=n).astype(np.float64)
+    perm = draw(st.permutations(list(range(n))))
+    f = draw(st.integers(0, n))
+    return own, cands, weights, perm, f
+
+
+@pytest.mark.parametrize("name", ALL)
+@FAST
+@given(case=permuted_case())
+def test_permutation_invariance(name: str, case: Any) -> None:
+    own, cands, weights, perm, f = case
+    n = cands.shape[0]
+    a = RULES[name](own, cands, weights, ctx_for(name, n, num_byzantine=f))
+    p = np.asarray(perm)
+    ctx_b = ctx_for(name, n, num_byzantine=f, candidate_ids=tuple(ids(n)[i] for i in perm))
+    b = RULES[name](own, cands[p], weights[p], ctx_b)
+    np.testing.assert_allclose(b.model, a.model, rtol=2e-5, atol=2e-5)
+    for j, i in enumerate(perm):
+        assert b.verdicts[j].accepted == a.verdicts[i].accepted
+        assert b.verdicts[j].reason == a.verdicts[i].reason
+        assert b.verdicts[j].score == pytest.approx(a.verdicts[i].score, rel=1e-4, abs=1e-5)
+
+
+# ------------------------------------------------------------------------------ hand-computed
+
+
+def test_fedavg_hand() -> None:
+    res = run("fedavg", [0, 0], [[2, 0], [0, 4]], [1, 3], own_samples=2)
+    np.testing.assert_allclose(res.model, [1 / 3, 2.0], rtol=1e-6)
+    assert [v.score for v in res.verdicts] == pytest.approx([1 / 6, 3 / 6])
+    assert all(accepted(res))
+
+
+def test_fedavg_all_zero_weights_returns_own() -> None:
+    res = run("fedavg", [1, 2], [[5, 5]], [0], own_samples=0)
+    np.testing.assert_array_equal(res.model, [1, 2])
+    assert res.verdicts[0].reason == "zero-weight"
+
+
+def test_median_hand_odd_and_even() -> None:
+    np.testing.assert_array_equal(run("median", [0], [[1], [5]]).model, [1.0])
+    np.testing.assert_array_equal(run("median", [0], [[1], [5], [2]]).model, [1.5])
+    res = run("median", [0, 10], [[1, 8], [5, 9], [2, -3]])
+    np.testing.assert_array_equal(res.model, [1.5, 8.5])
+
+
+def test_trimmed_mean_hand() -> None:
+    res = run("trimmed_mean", [0], [[1], [2], [5], [100]], num_byzantine=1)
+    np.testing.assert_allclose(res.model, [8 / 3], rtol=1e-6)
+    # f = 0 is the plain mean of the pool; trim_fraction overrides f
+    np.testing.assert_allclose(run("trimmed_mean", [0], [[1], [2]]).model, [1.0])
+    res = run("trimmed_mean", [0], [[1], [2], [5], [100]], params={"trim_fraction": 0.4})
+    np.testing.assert_allclose(res.model, [8 / 3], rtol=1e-6)
+
+
+def test_krum_hand_picks_a_candidate() -> None:
+    cands = [[1, 0], [1.1, 0], [0.9, 0], [50, 0]]
+    res = run("krum", [0, 0], cands, num_byzantine=1)
+    # scores (k = m - f - 2 = 2): own 0.81+1, c0 .01+.01, c1 .01+.04, c2 .01+.04, far huge
+    np.testing.assert_array_equal(res.model, [1, 0])
+    assert accepted(res) == [True, False, False, False]
+    assert res.verdicts[0].score == pytest.approx(0.02, rel=1e-4)
+    assert res.verdicts[1].score == pytest.approx(0.05, rel=1e-4)
+    assert res.verdicts[3].reason == "krum-score"
+
+
+def test_krum_hand_picks_own() -> None:
+    res = run("krum", [0, 0], [[1, 0], [0, 1], [10, 10]])
+    # own: 1 + 1 = 2; (1,0): 1 + 2 = 3; (0,1): 3; far: 181 + 181
+    np.testing.assert_array_equal(res.model, [0, 0])
+    assert accepted(res) == [False, False, False]
+    assert [v.score for v in res.verdicts] == pytest.approx([3, 3, 362], rel=1e-5)
+
+
+def test_multi_krum_hand() -> None:
+    cands = [[1, 0], [1.1, 0], [0.9, 0], [50, 0]]
+    res = run("multi_krum", [0, 0], cands, num_byzantine=1)
+    # m - f = 4 best: c0, c1, c2, own -> mean (1 + 1.1 + 0.9 + 0) / 4
+    np.testing.assert_allclose(res.model, [0.75, 0], rtol=1e-6)
+    assert accepted(res) == [True, True, True, False]
+    res = run("multi_krum", [0, 0], cands, num_byzantine=1, params={"select": 1})
+    np.testing.assert_array_equal(res.model, [1, 0])
+
+
+def naive_bulyan(pool: np.ndarray, f: int) -> np.ndarray:
+    """Reference Bulyan written with plain loops (El Mhamdi et al. 2018, Algorithm 1)."""
+    remaining = list(range(len(pool)))
+    selected = []
+    theta = len(pool) - 2 * f
+    while len(selected) < theta:
+        k = max(1, min(len(remaining) - f - 2, len(remaining) - 1))
+        best, best_score = -1, math.inf
+        for i in remaining:
+            dists = sorted(float(np.sum((pool[i] - pool[j]) ** 2)) for j in remaining if j != i)
+            score = sum(dists[:k])
+            if score < best_score:
+                best, best_score = i, score
+        selected.append(best)
+        remaining.remove(best)
+    beta = theta - 2 * f
+    out = []
+    for c in range(pool.shape[1]):
+        vals = sorted(float(pool[i, c]) for i in selected)
+        med = (vals[(theta - 1) // 2] + vals[theta // 2]) / 2
+        out.append(np.mean(sorted(vals, key=lambda v: abs(v - med))[:beta]))
+    return np.asarray(out)
+
+
+def test_bulyan_hand() -> None:
+    own = [0.0, 0.0]
+    cands = [[0.1, 0.3], [-0.1, 0.1], [0.2, -0.2], [-0.2, 0.0], [0.05, 0.2], [100, -100]]
+    res = run("bulyan", own, cands, num_byzantine=1)
+    # m = 7 >= 4f + 3: theta = 5 selected by iterated Krum, beta = 3 around the median
+    assert accepted(res)[-1] is False
+    assert sum(accepted(res)) == 4  # own + 4 candidates make theta = 5
+    expected = naive_bulyan(f32([own, *cands]).astype(np.float64), 1)
+    np.testing.assert_allclose(res.model, expected, rtol=1e-5, atol=1e-7)
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 12), f=st.integers(0, 3))
+def test_bulyan_matches_reference(seed: int, n: int, f: int) -> None:
+    rng = np.random.default_rng(seed)
+    pool = rng.normal(size=(n + 1, 3)).astype(np.float32)
+    res = run("bulyan", pool[0], pool[1:], num_byzantine=f)
+    f_eff = max(0, min(f, (n + 1 - 3) // 4))
+    expected = naive_bulyan(pool.astype(np.float64), f_eff)
+    np.testing.assert_allclose(res.model, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_geomed_hand() -> None:
+    # symmetric square: the geometric median is its centre
+    res = run("geomed", [0, 0], [[2, 0], [0, 2], [2, 2]])
+    np.testing.assert_allclose(res.model, [1, 1], atol=1e-6)
+    # collinear points: the geometric median is the median point, far from the mean (11/3)
+    res = run("geomed", [0], [[1], [10]])
+    assert res.model[0] == pytest.approx(1.0, abs=2e-3)
+    assert res.verdicts[1].score < res.verdicts[0].score  # far point gets less weight
+
+
+def test_geomed_weighted() -> None:
+    # with RFA weights, a point holding most of the mass is the geometric median
+    res = run("geomed", [0], [[1], [10]], [1, 5], own_samples=1, params={"weighted": 1})
+    assert res.model[0] == pytest.approx(10.0, abs=1e-2)
+
+
+def test_cclip_hand() -> None:
+    res = run("cclip", [0, 0], [[3, 0], [0, 1]], params={"tau": 2})
+    # clip (3,0) -> (2,0); (0,1) unchanged; own counts with a zero difference: / 3
+    np.testing.assert_allclose(res.model, [2 / 3, 1 / 3], rtol=1e-6)
+    assert [v.reason for v in res.verdicts] == ["clipped", "ok"]
+    assert [v.score for v in res.verdicts] == pytest.approx([2 / 3, 1.0])
+
+
+def test_cclip_default_radius_is_median_distance() -> None:
+    res = run("cclip", [0], [[1], [2], [30]])
+    # tau = 2: (30) -> (2); v = (1 + 2 + 2) / 4
+    np.testing.assert_allclose(res.model, [1.25], rtol=1e-6)
+
+
+def test_cclip_iterations_move_the_centre() -> None:
+    own, cands = [0.0], [[1.0], [1.0], [1.0]]
+    one = run("cclip", own, cands, params={"tau": 0.5}).model
+    many = run("cclip", own, cands, params={"tau": 0.5, "iters": 50}).model
+    np.testing.assert_allclose(one, [3 * 0.5 / 4], rtol=1e-6)
+    # the fixed point v satisfies 3 clip(1 - v) + clip(-v) = 0 -> v = 0.75 with tau = 0.5
+    assert many[0] == pytest.approx(0.75, abs=1e-4)
+
+
+def test_scclip_hand() -> None:
+    res = run("scclip", [0, 0], [[1, 0], [0, 1], [10, 0]], num_byzantine=1)
+    # delta = f/m = 1/4, W = 1/4, nearest n - f = 2 at distance 1: tau = sqrt(4 * (1 + 1) / 4)
+    tau = math.sqrt(2)
+    np.testing.assert_allclose(res.model, [(1 + tau) / 4, 1 / 4], rtol=1e-6)
+    assert [v.reason for v in res.verdicts] == ["ok", "ok", "clipped"]
+    # f = 0: no clipping, plain gossip average of the pool
+    res = run("scclip", [0, 0], [[1, 0], [0, 1], [10, 0]])
+    np.testing.assert_allclose(res.model, [11 / 4, 1 / 4], rtol=1e-6)
+
+
+def test_balance_accepts_near_rejects_far() -> None:
+    own = [3.0, 4.0]  # ||own|| = 5, radius gamma * 5 = 1.5 at round 0
+    res = run("balance", own, [[3, 5], [10, 10], [4.4, 4]])
+    assert accepted(res) == [True, False, True]
+    assert res.verdicts[1].reason == "too-far"
+    assert res.verdicts[0].score == pytest.approx(1 / 5)
+    # 0.5 * own + 0.5 * mean((3,5), (4.4,4))
+    np.testing.assert_allclose(res.model, [0.5 * 3 + 0.5 * 3.7, 0.5 * 4 + 0.5 * 4.5], rtol=1e-6)
+
+
+def test_balance_radius_shrinks_with_rounds() -> None:
+    own, cands = [3.0, 4.0], [[3, 5]]  # distance 1
+    assert accepted(run("balance", own, cands, round=0)) == [True]
+    # round = T: radius 1.5 / e = 0.55 < 1
+    res = run("balance", own, cands, round=100)
+    assert accepted(res) == [False]
+    np.testing.assert_array_equal(res.model, own)
+
+
+def test_dfl_hand_and_reputation_decay() -> None:
+    acc_of = {1.0: 0.9, 2.0: 0.6, 3.0: 0.3}
+
+    def evaluate(model: np.ndarray) -> tuple[float, float]:
+        return acc_of[float(model[0])], 0.0
+
+    cid = ids(3)
+    ctx = RuleContext(evaluate=evaluate, candidate_ids=cid)
+    res = R.dfl(f32([0]), f32([[1], [2], [3]]), np.ones(3), ctx)
+    # scores .9, .6, .3 -> weighted mean 3.0 / 1.8; half own (0) + half that
+    np.testing.assert_allclose(res.model, [0.5 * 3.0 / 1.8], rtol=1e-6)
+    assert [v.score for v in res.verdicts] == pytest.approx([0.9, 0.6, 0.3])
+    rep = res.state["reputation"]
+    assert rep == {cid[0]: 1.0, cid[1]: 1.0, cid[2]: 0.5}
+    # state carries over: the worst sender keeps decaying, round after round
+    state = res.state
+    for r in range(1, 5):
+        res = R.dfl(
+            f32([0]),
+            f32([[1], [2], [3]]),
+            np.ones(3),
+            RuleContext(evaluate=evaluate, candidate_ids=cid, state=state, round=r),
+        )
+        state = res.state
+        assert res.verdicts[2].score == pytest.approx(0.3 * 0.5**r)
+        assert state["reputation"][cid[2]] == pytest.approx(0.5 ** (r + 1))
+        assert state["reputation"][cid[0]] == 1.0
+    assert ctx.state == {}  # inputs are never mutated
+
+
+def test_dfl_rejects_low_accuracy_and_keeps_absent_reputations() -> None:
+    def evaluate(model: np.ndarray) -> tuple[float, float]:
+        return (0.1 if model[0] > 5 else 0.8), 0.0
+
+    state = {"reputation": {b"gone": 0.25}}
+    ctx = RuleContext(
+        evaluate=evaluate,
+        candidate_ids=(b"a", b"b"),
+        state=state,
+        params={"min_accuracy": 0.5},
+    )
+    res = R.dfl(f32([0]), f32([[1], [9]]), np.ones(2), ctx)
+    assert accepted(res) == [True, False]
+    assert res.verdicts[1].reason == "low-accuracy"
+    np.testing.assert_allclose(res.model, [0.5], rtol=1e-6)
+    assert res.state["reputation"] == {b"gone": 0.25, b"a": 1.0, b"b": 0.5}
+
+
+def test_ubar_two_stages_use_evaluate() -> None:
+    calls: list[float] = []
+
+    def evaluate(model: np.ndarray) -> tuple[float, float]:
+        calls.append(float(model[0]))
+        return 0.0, abs(float(model[0]) - 0.8)
+
+    ctx = RuleContext(evaluate=evaluate, num_byzantine=1)
+    res = R.ubar(f32([0]), f32([[1], [2], [10]]), np.ones(3), ctx)
+    # rho = 1 - 1/3: stage 1 keeps 2 nearest (1, 2); own loss .8; loss(1) = .2 ok, loss(2) = 1.2
+    assert [v.reason for v in res.verdicts] == ["ok", "high-loss", "too-far"]
+    assert accepted(res) == [True, False, False]
+    np.testing.assert_allclose(res.model, [0.5], rtol=1e-6)
+    assert sorted(calls) == [0.0, 1.0, 2.0]  # own + stage-1 survivors only
+    assert res.verdicts[0].score == pytest.approx(0.2)
+    assert res.verdicts[2].score == pytest.approx(10.0)
+
+
+def test_ubar_keeps_best_when_all_worse_than_own() -> None:
+    def evaluate(model: np.ndarray) -> tuple[float, float]:
+        return 0.0, abs(float(model[0]))
+
+    res = R.ubar(f32([0]), f32([[3], [2]]), np.ones(2), RuleContext(evaluate=evaluate))
+    assert accepted(res) == [False, True]
+    np.testing.assert_allclose(res.model, [1.0], rtol=1e-6)
+
+
+def test_compose_filters_then_aggregates() -> None:
+    rule = R.compose(R.balance, R.median)
+    own = [3.0, 4.0]
+    cands = f32([[3, 5], [10, 10], [4.4, 4], [3.2, 4.1]])
+    res = rule(f32(own), cands, np.ones(4), RuleContext())
+    assert accepted(res) == [True, False, True, True]
+    assert res.verdicts[1].reason == "too-far"
+    # median of own + accepted: x: 3, 3, 4.4, 3.2 -> 3.1 ; y: 4, 5, 4, 4.1 -> 4.05
+    np.testing.assert_allclose(res.model, [3.1, 4.05], rtol=1e-6)
+    assert res.state == {"filter": {}, "aggregate": {}}
+    assert RULES["balance_median"](f32(own), cands, np.ones(4), RuleContext()).model.tolist() == (
+        res.model.tolist()
+    )
+    # params are namespaced; bare names are refused
+    wide = rule(f32(own), cands, np.ones(4), RuleContext(params={"filter.gamma": 10.0}))
+    assert all(accepted(wide))
+    with pytest.raises(UsageError, match="filter"):
+        rule(f32(own), cands, np.ones(4), RuleContext(params={"gamma": 10.0}))
+
+
+def test_compose_namespaces_state_and_ids() -> None:
+    def evaluate(model: np.ndarray) -> tuple[float, float]:
+        return 1.0 / (1.0 + float(model[0])), 0.0
+
+    rule = R.compose(R.balance, R.dfl)
+    cid = (b"a", b"b", b"c")
+    ctx = RuleContext(evaluate=evaluate, candidate_ids=cid, params={"filter.gamma": 1.0})
+    res = rule(f32([1.0]), f32([[1.1], [1.5], [50]]), np.ones(3), ctx)
+    assert accepted(res) == [True, True, False]
+    assert res.state["aggregate"]["reputation"] == {b"a": 1.0, b"b": 0.5}
+    ctx2 = RuleContext(
+        evaluate=evaluate, candidate_ids=cid, params={"filter.gamma": 1.0}, state=res.state
+    )
+    res2 = rule(f32([1.0]), f32([[1.1], [1.5], [50]]), np.ones(3), ctx2)
+    assert res2.state["aggregate"]["reputation"][b"b"] == 0.25
+
+
+# ------------------------------------------------------------------------------ robustness
+
+
+@st.composite
+def attacked(draw: st.DrawFn, max_f: Callable[[int], int]) -> tuple[Any, ...]:
+    """own + (n - f) honest candidates near own, and f arbitrary outliers."""
+    n = draw(st.integers(1, 14))
+    f = draw(st.integers(0, max_f(n)))
+    d = draw(st.integers(1, 5))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scale = draw(st.sampled_from([1e2, 1e5, 1e20, 3e38]))
+    own = rng.normal(size=d).astype(np.float32)
+    honest = (own + rng.normal(size=(n - f, d))).astype(np.float32)
+    outliers = (rng.choice([-1.0, 1.0], size=(f, d)) * scale).astype(np.float32)
+    cands = np.concatenate([honest, outliers])
+    perm = rng.permutation(n)
+    return own, cands[perm], perm >= n - f, f
+
+
+@pytest.mark.parametrize("name", ["median", "trimmed_mean"])
+@FAST
+@given(case=attacked(lambda n: n // 2))  # f < m / 2 with m = n + 1
+def test_coordinatewise_stays_in_honest_range(name: str, case: Any) -> None:
+    own, cands, bad, f = case
+    res = run(name, own, cands, num_byzantine=f)
+    honest = np.concatenate([own[None], cands[~bad]])
+    assert (res.model >= honest.min(axis=0)).all()
+    assert (res.model <= honest.max(axis=0)).all()
+
+
+@pytest.mark.parametrize("name", ["krum", "multi_krum", "bulyan"])
+@FAST
+@given(case=attacked(lambda n: n // 4))
+def test_krum_family_never_selects_far_outliers(name: str, case: Any) -> None:
+    own, cands, bad, f = case
+    m = cands.shape[0] + 1
+    res = run(name, own, cands, num_byzantine=f)
+    if name == "bulyan" and m < 4 * f + 3:
+        return
+    assert m > 2 * f + 2
+    assert not any(a for a, b in zip(accepted(res), bad, strict=True) if b)
+    honest = np.concatenate([own[None], cands[~bad]])
+    assert (res.model >= honest.min(axis=0) - 1e-5).all()
+    assert (res.model <= honest.max(axis=0) + 1e-5).all()
+
+
+@pytest.mark.parametrize("name", ["cclip", "scclip"])
+@FAST
+@given(case=attacked(lambda n: n), tau=st.floats(0.01, 10.0))
+def test_clipping_moves_at_most_tau_over_m_per_outlier(name: str, case: Any, tau: float) -> None:
+    own, cands, bad, f = case
+    m = cands.shape[0] + 1
+    res = run(name, own, cands, params={"tau": tau})
+    neutral = cands.copy()
+    neutral[bad] = own  # an outlier replaced by a copy of own contributes nothing
+    base = run(name, own, neutral, params={"tau": tau})
+    shift = float(np.linalg.norm(res.model.astype(np.float64) - base.model))
+    assert shift <= f * tau / m * (1 + 1e-5) + 1e-5
+
+
+def test_cclip_multi_step_bound() -> None:
+    rng = np.random.default_rng(0)
+    own = rng.normal(size=4).astype(np.float32)
+    cands = (own + rng.normal(size=(6, 4))).astype(np.float32)
+    bad = cands.copy()
+    bad[0] = 1e30
+    tau, iters = 0.5, 3
+    p = {"tau": tau, "iters": iters}
+    a = run("cclip", own, bad, params=p).model.astype(np.float64)
+    neutral = cands.copy()
+    neutral[0] = own
+    b = run("cclip", own, neutral, params=p).model
+    assert np.linalg.norm(a - b) <= iters * tau  # loose: each step moves by <= tau/m + drift
+
+
+def test_geomed_bounded_influence() -> None:
+    rng = np.random.default_rng(1)
+    own = rng.normal(size=5).astype(np.float32)
+    honest = (own + rng.normal(size=(6, 5))).astype(np.float32)
+    direction = rng.normal(size=5)
+    direction /= np.linalg.norm(direction)
+    results = []
+    for dist in (1e2, 1e4, 1e8):
+        bad = (own + dist * direction * np.ones((3, 1))).astype(np.float32)
+        results.append(run("geomed", own, np.concatenate([honest, bad])).model)
+    # 3 outliers among 10 points: moving them 10^6 times further barely moves the median
+    assert np.linalg.norm(results[2] - results[1]) < 0.1
+    assert np.linalg.norm(results[2] - own) < 5.0
+
+
+def test_fedavg_is_not_robust() -> None:
+    own = np.zeros(3, np.float32)
+    honest = np.zeros((9, 3), np.float32)
+    for scale in (1e3, 1e6, 1e9):
+        cands = np.concatenate([honest, np.full((1, 3), scale, np.float32)])
+        res = run("fedavg", own, cands)
+        # one outlier of 10 + own: the average moves by scale / 11, without bound
+        np.testing.assert_allclose(res.model, np.full(3, scale / 11), rtol=1e-5)
+
+
+def test_robust_rules_ignore_inflated_sample_counts() -> None:
+    own = np.zeros(2, np.float32)
+    cands = f32([[0.1, 0], [0, 0.1], [-0.1, 0], [100, 100]])
+    liar = [1, 1, 1, 1e9]
+    for name in ("median", "trimmed_mean", "krum", "multi_krum", "geomed", "cclip", "balance"):
+        res = run(name, own, cands, liar, num_byzantine=1)
+        assert np.abs(res.model).max() < 1.0, name
