@@ -24,6 +24,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,9 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from dfl.block import TaskManifest
+from dfl.config import Config, task_manifest
 from dfl.crypto import Identity, blake2b256
 from dfl.node import core as C
+from dfl.node.home import Home
 from dfl.node.store import BlockStore, LmdbStore, MemoryStore
 from simulator.compute import ComputePool, World
 from simulator.scenario import Scenario
@@ -55,6 +57,11 @@ class SimResult:
     heads: list[bytes]
     accuracy_curve: list[tuple[int, float, float, float]]  # round, mean, min, max (honest)
     stores: list[BlockStore] = field(repr=False, default_factory=list)
+
+    def close(self) -> None:
+        """Close the nodes' stores (LMDB files stay on disk)."""
+        for store in self.stores:
+            store.close()
 
 
 class Simulation:
@@ -79,26 +86,32 @@ class Simulation:
         ) if sc.num_malicious else frozenset()
         self.adj = make_topology(sc.topology, n, sc.degree, sc.seed)
         self.link_rng = np.random.default_rng(sc.seed + 1)
-        workers = sc.workers or min(n, max(1, _cpu_count()))
+        # worker processes pay off once there is enough training to spread (measured:
+        # benchmarks/RESULTS.md); small networks run faster in-process
+        workers = sc.workers or (1 if n < 50 else min(n, max(1, _cpu_count())))
         self.pool = ComputePool(World(sc, self.malicious, data_dir), workers)
         self.identities = [sim_identity(sc.seed, i) for i in range(n)]
         self.peer_ids = [ident.peer_id for ident in self.identities]
         self.index_of = {pid: i for i, pid in enumerate(self.peer_ids)}
         init = self.pool.run([(i, ("init", sc.seed)) for i in range(n)])
         num_params = int(init[0][0].shape[0])
-        manifest = TaskManifest(
-            name=f"sim:{sc.name}"[:64],
-            round_ms=int(sc.round_timeout_s * 1000),
-            num_nodes=sc.nodes,
-            model=sc.model,
-            dataset=sc.dataset,
-            partition=sc.partition,
-            lr=sc.lr,
-            batch_size=sc.batch_size,
-            local_epochs=sc.local_epochs,
-            seed=sc.seed,
+        self.config = Config().with_overrides(
+            task={
+                "network": f"sim-{sc.name}"[:64],
+                "dataset": sc.dataset,
+                "model": sc.model,
+                "partition": sc.partition,
+                "num_nodes": sc.nodes,
+                "seed": sc.seed,
+                "lr": sc.lr,
+                "batch_size": sc.batch_size,
+                "local_epochs": sc.local_epochs,
+            },
+            round={"timeout_s": sc.round_timeout_s, "max_updates": sc.max_updates,
+                   "max_staleness": sc.max_staleness},
+            robust={"rule": sc.rule},
         )
-        self.network = manifest.network_id()
+        self.network = task_manifest(self.config).network_id()
         f = sc.num_malicious if sc.num_byzantine < 0 else sc.num_byzantine
         self.cores: list[C.NodeCore] = []
         self.stores: list[BlockStore] = []
@@ -119,9 +132,20 @@ class Simulation:
             model, samples = init[i]
             self.cores.append(C.NodeCore(self.identities[i], params, model, samples))
             if sc.store == "lmdb" and out_dir is not None:
-                path = out_dir / "nodes" / f"node-{i:04d}" / "data" / "store"
-                path.mkdir(parents=True, exist_ok=True)
-                self.stores.append(LmdbStore(path, durable=False))
+                # each simulated node gets a real node home: `dfl chain verify --home` works on it
+                home = Home(out_dir / "nodes" / f"node-{i:04d}")
+                home.init(
+                    self.config.with_overrides(task={"node_index": i}),
+                    force=True,
+                    identity=self.identities[i],
+                )
+                path = home.store_path()
+                if path.exists():
+                    shutil.rmtree(path)
+                path.mkdir(parents=True)
+                self.stores.append(
+                    LmdbStore(path, durable=False, own_author=self.identities[i].public_key)
+                )
             else:
                 self.stores.append(MemoryStore())
         self.blobs: dict[bytes, bytes] = {}

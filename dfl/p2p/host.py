@@ -361,13 +361,14 @@ class _Pubsub(Pubsub):
     def __init__(self, owner: P2PHost, *args: Any, queue_size: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._owner = owner
+        self._queue_size = queue_size
         self.peer_queues = _QueueTable(queue_size)
 
     async def wait_for_queue_room(self, timeout_s: float) -> None:
         """Wait (bounded) until every per-peer outbound queue is at most half full."""
-        table = self.peer_queues
+        half = self._queue_size // 2
         with trio.move_on_after(timeout_s):
-            while any(len(q) > table.size // 2 for q in list(table.values())):
+            while any(len(q) > half for q in list(self.peer_queues.values())):
                 await trio.sleep(0.005)
 
     async def push_msg(self, msg_forwarder: ID, msg: Any) -> None:

@@ -1,0 +1,202 @@
+"""Aggregation speed: every rule of :data:`dfl.learning.robust.RULES` on one core.
+
+Usage::
+
+    python -m benchmarks.aggregation            # n in {10, 50, 100} x d in {61.7k, 1M}
+    python -m benchmarks.aggregation --quick    # n in {10, 100} x d = 61.7k, 3 repeats
+
+BLAS runs single-threaded: the script sets ``OPENBLAS_NUM_THREADS=1``, ``OMP_NUM_THREADS=1``
+and ``MKL_NUM_THREADS=1`` before numpy is imported (and also limits thread pools with
+threadpoolctl when installed). Each cell is the median of several repeats of one call, in
+milliseconds, wall-clock and CPU time (``time.process_time``, less sensitive to other load on a
+shared machine). Candidates are ``own + noise`` with ``f = n // 5`` far outliers and
+``ctx.num_byzantine = f``; ``dfl`` and ``ubar`` get a trivial ``evaluate`` stub, so their
+timings exclude model evaluation (which dominates in practice). The table is printed and
+written to the ``## Aggregation`` section of ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import datetime as dt  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from benchmarks._results import update_section  # noqa: E402
+from dfl.learning.robust import RULES, RuleContext  # noqa: E402
+
+TITLE = "Aggregation"
+D_LENET = 61_706  # LeNet-5 on MNIST, the reference model size ("61.7k")
+TARGETS_MS = {"median": 20.0}  # at n=100, d=61.7k; every other rule but geomed: 50 ms
+
+
+@contextlib.contextmanager
+def _single_threaded() -> Iterator[None]:
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - the env variables above already apply
+        yield
+        return
+    with threadpool_limits(limits=1):
+        yield
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _stub_evaluate(model: np.ndarray) -> tuple[float, float]:
+    loss = float(abs(model[:256].mean()))
+    return 1.0 / (1.0 + loss), loss
+
+
+def _case(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    rng = np.random.default_rng(seed)
+    own = (0.05 * rng.standard_normal(d)).astype(np.float32)
+    cands = np.empty((n, d), np.float32)
+    for i in range(n):  # row by row: no (n, d) float64 temporary at d = 1M
+        cands[i] = own + np.float32(0.01) * rng.standard_normal(d, dtype=np.float32)
+    f = n // 5
+    cands[n - f :] += np.float32(10.0)
+    weights = rng.integers(100, 1000, size=n).astype(np.float64)
+    return own, cands, weights, f
+
+
+def _time(fn: Any, repeats: int) -> tuple[float, float]:
+    fn()  # warm-up
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall) * 1e3, statistics.median(cpu) * 1e3
+
+
+def run(
+    ns: list[int], ds: list[int], rules: list[str], repeats: int
+) -> dict[tuple[str, int, int], tuple[float, float]]:
+    """Time every rule on every ``(n, d)``; returns ``{(rule, n, d): (wall_ms, cpu_ms)}``."""
+    out: dict[tuple[str, int, int], tuple[float, float]] = {}
+    for d in ds:
+        for n in ns:
+            own, cands, weights, f = _case(n, d)
+            ids = tuple(i.to_bytes(4, "big") for i in range(n))
+            ctx = RuleContext(
+                own_samples=500, num_byzantine=f, evaluate=_stub_evaluate, candidate_ids=ids
+            )
+            reps = repeats if d <= D_LENET else max(1, repeats // 2)
+            for name in rules:
+                rule = RULES[name]
+                out[(name, n, d)] = _time(lambda r=rule: r(own, cands, weights, ctx), reps)
+                wall, cpu = out[(name, n, d)]
+                print(f"  {name:15s} n={n:<4d} d={d:<8d} {wall:9.1f} ms  (cpu {cpu:.1f})")
+            del cands
+    return out
+
+
+def _fmt_d(d: int) -> str:
+    return f"{d / 1e6:g}M" if d >= 1_000_000 else f"{d / 1e3:.1f}k"
+
+
+def table(
+    res: dict[tuple[str, int, int], tuple[float, float]], ns: list[int], ds: list[int]
+) -> str:
+    """Markdown table: one row per rule, one column per (n, d): ``wall (cpu)`` in ms."""
+    rules = list(dict.fromkeys(k[0] for k in res))
+    cols = [(n, d) for d in ds for n in ns]
+    head = "| rule | " + " | ".join(f"n={n}, d={_fmt_d(d)}" for n, d in cols) + " |"
+    sep = "|---|" + "---:|" * len(cols)
+    rows = [head, sep]
+    for name in rules:
+        cells = []
+        for n, d in cols:
+            wall, cpu = res[(name, n, d)]
+            cells.append(f"{wall:.1f} ({cpu:.1f})")
+        rows.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="n in {10, 100}, d = 61.7k only")
+    parser.add_argument("--repeats", type=int, default=0, help="repeats per cell (median)")
+    parser.add_argument("--rules", default="", help="comma-separated subset of rules")
+    parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
+    args = parser.parse_args(argv)
+
+    ns = [10, 100] if args.quick else [10, 50, 100]
+    ds = [D_LENET] if args.quick else [D_LENET, 1_000_000]
+    repeats = args.repeats or (3 if args.quick else 7)
+    rules = [r for r in args.rules.split(",") if r] or list(RULES)
+    unknown = set(rules) - set(RULES)
+    if unknown:
+        parser.error(f"unknown rules: {sorted(unknown)}")
+
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    started = dt.datetime.now(dt.UTC)
+    with _single_threaded():
+        res = run(ns, ds, rules, repeats)
+    md_table = table(res, ns, ds)
+    print()
+    print(md_table)
+
+    command = "python -m benchmarks.aggregation" + (" --quick" if args.quick else "")
+    if args.repeats:
+        command += f" --repeats {args.repeats}"
+    if args.rules:
+        command += f" --rules {args.rules}"
+    checks = []
+    if (D_LENET in ds) and (100 in ns):
+        for name in rules:
+            wall, cpu = res[(name, 100, D_LENET)]
+            target = TARGETS_MS.get(name, None if name == "geomed" else 50.0)
+            if target is not None:
+                verdict = "ok" if cpu < target else "MISSED"
+                checks.append(f"`{name}` {cpu:.1f} ms CPU vs < {target:g} ms: {verdict}")
+    body = "\n".join(
+        [
+            f"Command: `OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 {command}`  ",
+            f"Date: {started:%Y-%m-%d %H:%M} UTC  ",
+            f"Machine: {_cpu_model()}, nproc={os.cpu_count()}, {platform.system()} "
+            f"{platform.release()}, Python {platform.python_version()}, numpy {np.__version__}, "
+            "single-threaded BLAS  ",
+            f"Load average at start: {load} (shared machine: CPU time is the steadier number)  ",
+            f"Setup: candidates = own + noise, f = n // 5 far outliers, `num_byzantine = f`; "
+            f"median of {repeats} calls per cell (half as many at d = 1M); `dfl`/`ubar` use a "
+            "trivial `evaluate` stub (model evaluation not included).",
+            "",
+            "Milliseconds per call, wall-clock (CPU):",
+            "",
+            md_table,
+            "",
+            "Targets at n = 100, d = 61.7k (CPU time): " + ("; ".join(checks) or "n/a") + ".",
+        ]
+    )
+    if not args.no_write:
+        path = update_section(TITLE, body)
+        print(f"\nwrote section '## {TITLE}' of {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

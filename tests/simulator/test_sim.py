@@ -1,0 +1,145 @@
+"""The simulator drives the real node core: determinism, learning, faults, verifiable chains."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dfl.chain import validate_chain
+from dfl.cli import main
+from dfl.commands.chain import verify_store
+from simulator.engine import Simulation
+from simulator.scenario import Churn, Partition, Scenario
+from simulator.topology import make_topology
+
+SMALL = dict(dataset="digits", model="logreg", nodes=8, rounds=4, workers=1, eval_samples=100)
+
+
+def run(**kw: object):  # type: ignore[no-untyped-def]
+    sc = Scenario(**{**SMALL, **kw})  # type: ignore[arg-type]
+    return Simulation(sc).run()
+
+
+def own_chains_valid(result, network: bytes) -> int:  # type: ignore[no-untyped-def]
+    total = 0
+    for store in result.stores:
+        for author in store.authors():
+            blocks = list(store.iter_chain(author))
+            heights = [b.height for b in blocks]
+            assert heights == sorted(set(heights))
+        _, problems = verify_store(store, None, network)
+        assert problems == []
+        total += store.count()
+    return total
+
+
+def test_same_seed_same_chains_and_different_seed_differs() -> None:
+    a = run(seed=3)
+    b = run(seed=3)
+    c = run(seed=4)
+    assert a.heads == b.heads
+    assert a.summary["honest_accuracy_mean"] == b.summary["honest_accuracy_mean"]
+    assert a.heads != c.heads
+    assert all(len(h) == 32 for h in a.heads)
+
+
+def test_twenty_nodes_learn_digits() -> None:
+    r = Simulation(Scenario(nodes=20, rounds=20, workers=1, eval_samples=200)).run()
+    s = r.summary
+    assert s["blocks"] == 20 * 20
+    assert s["honest_accuracy_mean"] >= 0.85, s
+    assert s["honest_accuracy_min"] >= 0.8, s
+    # every node's chain names other authors' blocks as parents
+    for store, head in zip(r.stores, r.heads, strict=True):
+        blk = store.get(head)
+        assert blk is not None and blk.height == 19
+        assert len(blk.parents) >= 1
+        assert all(store.get(p) is None or store.get(p).author != blk.author for p in blk.parents)
+
+
+def test_churn_and_partitions_lose_no_block() -> None:
+    sc = dict(
+        nodes=8,
+        rounds=6,
+        churn=(Churn(node=2, leave_s=3.0, rejoin_s=12.0),),
+        partitions=(Partition(group=(0, 1, 2), start_s=1.0, heal_s=15.0),),
+        topology="complete",
+    )
+    sim = Simulation(Scenario(**{**SMALL, **sc}))  # type: ignore[arg-type]
+    r = sim.run()
+    assert r.summary["blocks"] == 8 * 6  # every node, including the churned one, ran all rounds
+    for i, store in enumerate(r.stores):
+        own = list(store.iter_chain(sim.identities[i].public_key))
+        assert [b.height for b in own] == list(range(6))
+        validate_chain(own, network=sim.network, sig_check="batch")
+    own_chains_valid(r, sim.network)
+
+
+def test_malicious_nodes_are_rejected_by_a_robust_rule() -> None:
+    sim = Simulation(Scenario(**{**SMALL, "nodes": 10, "rounds": 5, "malicious": 0.2,  # type: ignore[arg-type]
+                                 "attack": "gaussian", "rule": "multi_krum",
+                                 "topology": "complete"}))
+    r = sim.run()
+    bad = {sim.identities[i].public_key for i in sim.malicious}
+    assert len(bad) == 2
+    rejected = accepted = 0
+    for i, store in enumerate(r.stores):
+        if i in sim.malicious:
+            continue
+        for b in store.iter_chain(sim.identities[i].public_key):
+            for v in b.verdicts:
+                author = store.get(v.block).author  # type: ignore[union-attr]
+                if author in bad:
+                    rejected += not v.accepted
+                    accepted += v.accepted
+    assert rejected > 0 and accepted == 0
+
+
+def test_sim_cli_writes_outputs_and_its_homes_verify(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    res = CliRunner().invoke(
+        main,
+        ["sim", "run", "--nodes", "4", "--rounds", "2", "--model", "logreg", "--workers", "1",
+         "--store", "lmdb", "--out", str(out)],
+    )
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("nodes", "rounds", "malicious", "rule", "attack", "seed", "honest_accuracy_mean",
+                "honest_accuracy_min", "wall_seconds", "setup_seconds", "train_seconds",
+                "chain_seconds", "blocks", "bytes_headers", "bytes_blobs"):
+        assert key in summary
+    assert summary["nodes"] == 4 and summary["blocks"] == 8
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4 * 2
+    row = json.loads(lines[0])
+    assert {"node", "round", "accuracy", "accepted", "rejected"} <= set(row)
+    assert (out / "accuracy.png").stat().st_size > 1000
+    home = out / "nodes" / "node-0001"
+    res = CliRunner().invoke(main, ["chain", "verify", "--home", str(home)])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["chain", "show", "--home", str(home), "--json"])
+    rows = json.loads(res.output)
+    assert len([r for r in rows if r["height"] == 1]) >= 1
+
+
+@pytest.mark.parametrize("kind", ["complete", "ring", "k_regular", "erdos_renyi", "small_world"])
+def test_topologies_are_symmetric_and_seeded(kind: str) -> None:
+    adj = make_topology(kind, 30, 4, seed=1)
+    assert adj == make_topology(kind, 30, 4, seed=1)
+    for i, ns in enumerate(adj):
+        assert i not in ns
+        for j in ns:
+            assert i in adj[j]
+    if kind == "k_regular":
+        assert all(len(ns) == 4 for ns in adj)
+    if kind == "ring":
+        assert all(len(ns) == 2 for ns in adj)
+
+
+def test_edge_list_topology(tmp_path: Path) -> None:
+    f = tmp_path / "edges.txt"
+    f.write_text("0 1\n1 2  # comment\n\n2,3\n")
+    assert make_topology(f"file:{f}", 4, 0, 0) == [[1], [0, 2], [1, 3], [2]]
