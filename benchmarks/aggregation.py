@@ -25,6 +25,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import datetime as dt  # noqa: E402
+import functools  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -106,11 +107,9 @@ def run(
             )
             reps = repeats if d <= D_LENET else max(1, repeats // 2)
             for name in rules:
-                rule = RULES[name]
-                out[(name, n, d)] = _time(lambda r=rule: r(own, cands, weights, ctx), reps)
-                wall, cpu = out[(name, n, d)]
+                call = functools.partial(RULES[name], own, cands, weights, ctx)
+                wall, cpu = out[(name, n, d)] = _time(call, reps)
                 print(f"  {name:15s} n={n:<4d} d={d:<8d} {wall:9.1f} ms  (cpu {cpu:.1f})")
-            del cands
     return out
 
 
@@ -168,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     checks = []
     if (D_LENET in ds) and (100 in ns):
         for name in rules:
-            wall, cpu = res[(name, 100, D_LENET)]
+            cpu = res[(name, 100, D_LENET)][1]
             target = TARGETS_MS.get(name, None if name == "geomed" else 50.0)
             if target is not None:
                 verdict = "ok" if cpu < target else "MISSED"

@@ -38,8 +38,13 @@ def version() -> None:
 
 
 @main.command()
-@click.option("--home", "home_dir", required=True, type=click.Path(path_type=Path),
-              help="Directory for the node key, config and data.")
+@click.option(
+    "--home",
+    "home_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Directory for the node key, config and data.",
+)
 @click.option("--network", default=None, help="Network (task) name; nodes of one network share it.")
 @click.option("--force", is_flag=True, help="Overwrite an existing key (changes the identity).")
 def init(home_dir: Path, network: str | None, force: bool) -> None:

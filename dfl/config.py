@@ -52,7 +52,9 @@ class NodeConfig:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
-        _require(all(a.startswith("/") for a in self.listen), "node.listen: multiaddrs start with '/'")
+        _require(
+            all(a.startswith("/") for a in self.listen), "node.listen: multiaddrs start with '/'"
+        )
         _require(
             all("/p2p/" in a for a in self.bootstrap),
             "node.bootstrap: every bootstrap multiaddr must end in /p2p/<peer id>",
@@ -144,7 +146,9 @@ class LimitsConfig:
     prune_blobs_after_rounds: int = 20  # peer model blobs older than this are deleted
 
     def __post_init__(self) -> None:
-        _require(1024 <= self.max_header_bytes <= 1024 * 1024, "limits.max_header_bytes: 1 KiB..1 MiB")
+        _require(
+            1024 <= self.max_header_bytes <= 1024 * 1024, "limits.max_header_bytes: 1 KiB..1 MiB"
+        )
         _require(1 <= self.max_blob_bytes <= 1 << 30, "limits.max_blob_bytes: 1 B..1 GiB")
         _require(0 < self.blob_timeout_s <= 600, "limits.blob_timeout_s: 0 < t <= 600")
         _require(self.penalty_threshold > 0, "limits.penalty_threshold must be > 0")
@@ -197,7 +201,9 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     if base is int and isinstance(value, bool):
         raise ConfigError(f"{where}: expected int, got {value!r}")
     if not isinstance(value, base):
-        raise ConfigError(f"{where}: expected {base.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(
+            f"{where}: expected {base.__name__}, got {type(value).__name__} {value!r}"
+        )
     return value
 
 
@@ -206,9 +212,7 @@ def _build(cls: type, values: dict[str, Any], section: str, base: Any = None) ->
     known = {f.name for f in fields(cls)}
     for key in values:
         if key not in known:
-            raise ConfigError(
-                f"unknown key {section}.{key} (known: {', '.join(sorted(known))})"
-            )
+            raise ConfigError(f"unknown key {section}.{key} (known: {', '.join(sorted(known))})")
     kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
     if base is not None:
         return replace(base, **kwargs)
@@ -232,7 +236,9 @@ def load_config(path: Path) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file (run `dfl init --home DIR` first)") from None
+        raise ConfigError(
+            f"{path}: no such config file (run `dfl init --home DIR` first)"
+        ) from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
     try:

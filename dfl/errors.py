@@ -40,7 +40,7 @@ class ConfigError(UsageError):
 
 
 class StoreError(DflError):
-    """The block store is unusable (corrupt, truncated, wrong format); the message names the file."""
+    """The block store is unusable (corrupt, truncated, wrong format); names the file."""
 
 
 class DataError(DflError):

@@ -81,9 +81,11 @@ class Simulation:
         self.progress = progress
         rng = np.random.default_rng(sc.seed)
         n = sc.nodes
-        self.malicious = frozenset(
-            int(i) for i in rng.choice(n, size=sc.num_malicious, replace=False)
-        ) if sc.num_malicious else frozenset()
+        self.malicious = (
+            frozenset(int(i) for i in rng.choice(n, size=sc.num_malicious, replace=False))
+            if sc.num_malicious
+            else frozenset()
+        )
         self.adj = make_topology(sc.topology, n, sc.degree, sc.seed)
         self.link_rng = np.random.default_rng(sc.seed + 1)
         # worker processes pay off once there is enough training to spread (measured:
@@ -107,8 +109,11 @@ class Simulation:
                 "batch_size": sc.batch_size,
                 "local_epochs": sc.local_epochs,
             },
-            round={"timeout_s": sc.round_timeout_s, "max_updates": sc.max_updates,
-                   "max_staleness": sc.max_staleness},
+            round={
+                "timeout_s": sc.round_timeout_s,
+                "max_updates": sc.max_updates,
+                "max_staleness": sc.max_staleness,
+            },
             robust={"rule": sc.rule},
         )
         self.network = task_manifest(self.config).network_id()
@@ -184,7 +189,9 @@ class Simulation:
         jitter = float(self.link_rng.uniform(0, sc.jitter_ms)) if sc.jitter_ms else 0.0
         return (sc.latency_ms + jitter) / 1000 + size * 8 / (sc.bandwidth_mbps * 1e6)
 
-    def _apply(self, i: int, effects: list[C.Effect], t: float, jobs: list[tuple[int, Any]]) -> None:
+    def _apply(
+        self, i: int, effects: list[C.Effect], t: float, jobs: list[tuple[int, Any]]
+    ) -> None:
         sc = self.sc
         for eff in effects:
             if isinstance(eff, C.Commit):
@@ -205,17 +212,25 @@ class Simulation:
                     if sc.drop_rate and self.link_rng.random() < sc.drop_rate:
                         continue
                     self.bytes_headers += len(eff.data)
-                    self._push(t + self._delay(len(eff.data)), j,
-                               C.HeaderReceived(eff.data, self.peer_ids[i]))
+                    self._push(
+                        t + self._delay(len(eff.data)),
+                        j,
+                        C.HeaderReceived(eff.data, self.peer_ids[i]),
+                    )
             elif isinstance(eff, C.FetchBlob):
                 src = self.index_of.get(eff.peer)
                 blob = self.blobs.get(eff.digest)
                 if src is None or blob is None or not self._link_ok(i, src, t):
-                    self._push(t + self._delay(64), i, C.BlobFailed(eff.digest, eff.peer, "unreachable"))
+                    self._push(
+                        t + self._delay(64), i, C.BlobFailed(eff.digest, eff.peer, "unreachable")
+                    )
                 else:
                     self.bytes_blobs += len(blob)
-                    self._push(t + 2 * self._delay(64) + self._delay(len(blob)), i,
-                               C.BlobReceived(eff.digest, blob, eff.peer))
+                    self._push(
+                        t + 2 * self._delay(64) + self._delay(len(blob)),
+                        i,
+                        C.BlobReceived(eff.digest, blob, eff.peer),
+                    )
             elif isinstance(eff, (C.Train, C.Aggregate)):
                 jobs.append((i, eff))
             elif isinstance(eff, C.Metric):
@@ -399,9 +414,14 @@ def plot_accuracy(result: SimResult, path: Path, scenario: Scenario) -> None:
     if result.accuracy_curve:
         r = [c[0] + 1 for c in result.accuracy_curve]
         ax.plot(r, [c[1] for c in result.accuracy_curve], label="honest mean", color="C0")
-        ax.fill_between(r, [c[2] for c in result.accuracy_curve],
-                        [c[3] for c in result.accuracy_curve], alpha=0.25, color="C0",
-                        label="honest min-max")
+        ax.fill_between(
+            r,
+            [c[2] for c in result.accuracy_curve],
+            [c[3] for c in result.accuracy_curve],
+            alpha=0.25,
+            color="C0",
+            label="honest min-max",
+        )
     s = result.summary
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy")

@@ -39,7 +39,9 @@ class Scenario:
     name: str = "default"
     nodes: int = 20
     rounds: int = 30
-    topology: str = "k_regular"  # complete | ring | k_regular | erdos_renyi | small_world | file:PATH
+    topology: str = (
+        "k_regular"  # complete | ring | k_regular | erdos_renyi | small_world | file:PATH
+    )
     degree: int = 4
     dataset: str = "digits"
     model: str = "mlp"
@@ -81,16 +83,20 @@ class Scenario:
         need(self.latency_ms >= 0 and self.jitter_ms >= 0, "latency and jitter must be >= 0")
         need(self.bandwidth_mbps > 0, "bandwidth_mbps must be > 0")
         need(self.malicious >= 0, "malicious must be >= 0")
-        need(self.num_malicious < self.nodes or self.nodes == 1 and self.num_malicious == 0,
-             "malicious must leave at least one honest node")
+        need(
+            self.num_malicious < self.nodes or (self.nodes == 1 and self.num_malicious == 0),
+            "malicious must leave at least one honest node",
+        )
         need(self.store in ("memory", "lmdb"), "store: memory or lmdb")
         need(self.workers >= 0, "workers must be >= 0")
         need(self.train_time_s > 0 and self.round_timeout_s > 0, "times must be > 0")
         for c in self.churn:
             need(0 <= c.node < self.nodes and c.leave_s < c.rejoin_s, f"bad churn entry {c}")
         for p in self.partitions:
-            need(all(0 <= n < self.nodes for n in p.group) and p.start_s < p.heal_s,
-                 f"bad partition entry {p}")
+            need(
+                all(0 <= n < self.nodes for n in p.group) and p.start_s < p.heal_s,
+                f"bad partition entry {p}",
+            )
 
     @property
     def num_malicious(self) -> int:
@@ -116,7 +122,11 @@ def scenario_from_dict(data: dict[str, Any], name: str = "scenario") -> Scenario
             )
         else:
             default = getattr(Scenario(), key)
-            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            if (
+                isinstance(default, float)
+                and isinstance(value, int)
+                and not isinstance(value, bool)
+            ):
                 value = float(value)
             if type(default) is not type(value):
                 raise ConfigError(
@@ -138,7 +148,9 @@ def load_scenario(path: Path) -> Scenario:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
     data = data.get("scenario", data)
-    return scenario_from_dict(data, name=data.pop("name", path.stem) if "name" in data else path.stem)
+    return scenario_from_dict(
+        data, name=data.pop("name", path.stem) if "name" in data else path.stem
+    )
 
 
 _ = field  # re-exported for scenario authors who subclass

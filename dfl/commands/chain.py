@@ -134,8 +134,13 @@ def chain() -> None:
 
 
 @chain.command("show")
-@click.option("--home", "home_dir", required=True, type=click.Path(path_type=Path),
-              help="Node home directory.")
+@click.option(
+    "--home",
+    "home_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Node home directory.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of blocks.")
 @click.option("--author", default=None, help="Only this author (hex public key or 'own').")
 def show(home_dir: Path, as_json: bool, author: str | None) -> None:
@@ -175,8 +180,13 @@ def show(home_dir: Path, as_json: bool, author: str | None) -> None:
 
 
 @chain.command("verify")
-@click.option("--home", "home_dir", required=True, type=click.Path(path_type=Path),
-              help="Node home directory.")
+@click.option(
+    "--home",
+    "home_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Node home directory.",
+)
 def verify(home_dir: Path) -> None:
     """Verify every chain, blob and equivocation proof; exit 1 naming the first bad block."""
     home = Home(home_dir)

@@ -7,6 +7,7 @@ errors (``DataError``, ``UsageError``) propagate to ``dfl.cli``, which prints th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
@@ -19,6 +20,9 @@ from dfl.learning.partition import (
     partition,
 )
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 __all__ = ["data"]
 
 _data_dir_option = click.option(
@@ -29,7 +33,7 @@ _data_dir_option = click.option(
 )
 
 
-def _console():  # type: ignore[no-untyped-def]
+def _console() -> Console:
     from rich.console import Console
 
     return Console(soft_wrap=False)

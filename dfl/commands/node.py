@@ -19,8 +19,13 @@ def node() -> None:
 
 
 @node.command("run")
-@click.option("--home", "home_dir", required=True, type=click.Path(path_type=Path),
-              help="Node home (from `dfl init`).")
+@click.option(
+    "--home",
+    "home_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Node home (from `dfl init`).",
+)
 @click.option("--listen", multiple=True, help="Listen multiaddr, e.g. /ip4/0.0.0.0/tcp/4001.")
 @click.option("--bootstrap", multiple=True, help="Bootstrap multiaddr ending in /p2p/<peer id>.")
 @click.option("--rounds", type=int, default=None, help="Run N rounds, then exit 0.")
@@ -36,14 +41,34 @@ def node() -> None:
 @click.option("--network", default=None, help="Network (task) name.")
 @click.option("--seed", type=int, default=None, help="Task seed (partition and initial model).")
 @click.option("--metrics-port", type=int, default=None, help="Prometheus port (-1 = off).")
-@click.option("--linger", type=float, default=5.0, show_default=True,
-              help="After the last round, keep serving blobs this many seconds.")
+@click.option(
+    "--linger",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="After the last round, keep serving blobs this many seconds.",
+)
 @click.option("--log-level", default=None, help="debug, info, warning or error.")
-def run(home_dir: Path, listen: tuple[str, ...], bootstrap: tuple[str, ...], rounds: int | None,
-        dataset: str | None, model: str | None, node_index: int | None, num_nodes: int | None,
-        partition: str | None, rule: str | None, attack: str | None,
-        round_timeout: float | None, max_updates: int | None, network: str | None,
-        seed: int | None, metrics_port: int | None, linger: float, log_level: str | None) -> None:
+def run(
+    home_dir: Path,
+    listen: tuple[str, ...],
+    bootstrap: tuple[str, ...],
+    rounds: int | None,
+    dataset: str | None,
+    model: str | None,
+    node_index: int | None,
+    num_nodes: int | None,
+    partition: str | None,
+    rule: str | None,
+    attack: str | None,
+    round_timeout: float | None,
+    max_updates: int | None,
+    network: str | None,
+    seed: int | None,
+    metrics_port: int | None,
+    linger: float,
+    log_level: str | None,
+) -> None:
     """Train on this node's shard, publish signed blocks, pull and filter peer models."""
     from dfl.node.daemon import DaemonOptions, run_daemon
     from dfl.node.home import Home
@@ -75,9 +100,7 @@ def run(home_dir: Path, listen: tuple[str, ...], bootstrap: tuple[str, ...], rou
     )
     for noisy in ("libp2p", "multiaddr", "jax", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    daemon = run_daemon(
-        home, cfg, DaemonOptions(rounds=rounds, attack=attack, linger_s=linger)
-    )
+    daemon = run_daemon(home, cfg, DaemonOptions(rounds=rounds, attack=attack, linger_s=linger))
     click.echo(
         f"stopped at round {daemon.core.round}, height {daemon.core.height}; "
         f"last accuracy {daemon.status.last_accuracy}"
@@ -85,8 +108,9 @@ def run(home_dir: Path, listen: tuple[str, ...], bootstrap: tuple[str, ...], rou
 
 
 @node.command("status")
-@click.option("--home", "home_dir", required=True, type=click.Path(path_type=Path),
-              help="Node home.")
+@click.option(
+    "--home", "home_dir", required=True, type=click.Path(path_type=Path), help="Node home."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(home_dir: Path, as_json: bool) -> None:
     """Peer id, listen addresses, connected peers, round, height, accuracy, verdict counts."""

@@ -31,8 +31,13 @@ def sim() -> None:
 @click.option("--seed", type=int, help="Seed of everything (identities, data, topology, links).")
 @click.option("--workers", type=int, help="Worker processes (0 = one per core, 1 = in-process).")
 @click.option("--store", type=click.Choice(["memory", "lmdb"]), help="Where blocks are kept.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Output directory (default: runs/sim-<time>).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output directory (default: runs/sim-<time>).",
+)
 def run(scenario_file: Path | None, out_dir: Path | None, **overrides: object) -> None:
     """Run a simulation and write metrics.jsonl, summary.json and accuracy.png."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -45,7 +50,8 @@ def run(scenario_file: Path | None, out_dir: Path | None, **overrides: object) -
     out = out_dir or Path("runs") / f"sim-{time.strftime('%Y%m%d-%H%M%S')}"
     click.echo(
         f"simulating {scenario.nodes} nodes x {scenario.rounds} rounds: {scenario.dataset}/"
-        f"{scenario.model}, {scenario.partition}, topology {scenario.topology}(k={scenario.degree}),"
+        f"{scenario.model}, {scenario.partition}, topology {scenario.topology}"
+        f"(k={scenario.degree}),"
         f" rule {scenario.rule}, attack {scenario.attack} on {scenario.num_malicious} nodes"
     )
     with Progress(

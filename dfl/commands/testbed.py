@@ -59,9 +59,15 @@ def prepare_testbed(
             task={"network": network, "num_nodes": nodes, "node_index": i},
         )
         ident = home.init(cfg, force=True)
-        specs.append(TestbedNode(i, home.path, ident.peer_id,
-                                 f"/ip4/127.0.0.1/tcp/{ports[i]}/p2p/{ident.peer_id}",
-                                 i >= nodes - malicious))
+        specs.append(
+            TestbedNode(
+                i,
+                home.path,
+                ident.peer_id,
+                f"/ip4/127.0.0.1/tcp/{ports[i]}/p2p/{ident.peer_id}",
+                i >= nodes - malicious,
+            )
+        )
     from dfl.config import render_toml
 
     for s in specs:
@@ -70,13 +76,19 @@ def prepare_testbed(
         overrides = dict(extra_config or {})
         node_over = dict(overrides.pop("node", {}))
         node_over["bootstrap"] = boot
-        cfg = home.config().with_overrides(node=node_over, **overrides)  # type: ignore[arg-type]
+        cfg = home.config().with_overrides(node=node_over, **overrides)
         home.config_path.write_text(render_toml(cfg))
     return specs
 
 
-def start_testbed(specs: list[TestbedNode], *, rounds: int | None, attack: str | None,
-                  extra_args: tuple[str, ...] = (), log_dir: Path | None = None) -> None:
+def start_testbed(
+    specs: list[TestbedNode],
+    *,
+    rounds: int | None,
+    attack: str | None,
+    extra_args: tuple[str, ...] = (),
+    log_dir: Path | None = None,
+) -> None:
     """Start one `dfl node run` process per home (logs in HOME/node.log)."""
     for s in specs:
         cmd = [sys.executable, "-m", "dfl", "node", "run", "--home", str(s.home), *extra_args]
@@ -86,8 +98,12 @@ def start_testbed(specs: list[TestbedNode], *, rounds: int | None, attack: str |
             cmd += ["--attack", attack]
         logf = (log_dir or s.home) / "node.log"
         fh = logf.open("wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
-                   XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+        env = dict(
+            os.environ,
+            PYTHONUNBUFFERED="1",
+            OMP_NUM_THREADS="1",
+            XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+        )
         s.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
         fh.close()
 
@@ -133,29 +149,58 @@ def accuracy_table(specs: list[TestbedNode]) -> dict[int, dict[int, float]]:
 
 @click.command()
 @click.option("--nodes", type=int, default=4, show_default=True, help="Daemons to start.")
-@click.option("--malicious", type=int, default=0, show_default=True,
-              help="How many of them are malicious (the last ones).")
-@click.option("--attack", default="sign_flip", show_default=True,
-              help="Attack of the malicious daemons.")
+@click.option(
+    "--malicious",
+    type=int,
+    default=0,
+    show_default=True,
+    help="How many of them are malicious (the last ones).",
+)
+@click.option(
+    "--attack", default="sign_flip", show_default=True, help="Attack of the malicious daemons."
+)
 @click.option("--rounds", type=int, default=5, show_default=True, help="Rounds per daemon.")
 @click.option("--dataset", default="digits", show_default=True)
 @click.option("--model", default="mlp", show_default=True)
 @click.option("--partition", default="iid", show_default=True)
 @click.option("--rule", default="default", show_default=True)
 @click.option("--round-timeout", type=float, default=20.0, show_default=True)
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Directory for the homes (default: runs/testbed-<time>).")
-@click.option("--timeout", "timeout_s", type=float, default=900.0, show_default=True,
-              help="Give up after this many seconds.")
-def testbed(nodes: int, malicious: int, attack: str, rounds: int, dataset: str, model: str,
-            partition: str, rule: str, round_timeout: float, out_dir: Path | None,
-            timeout_s: float) -> None:
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Directory for the homes (default: runs/testbed-<time>).",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=900.0,
+    show_default=True,
+    help="Give up after this many seconds.",
+)
+def testbed(
+    nodes: int,
+    malicious: int,
+    attack: str,
+    rounds: int,
+    dataset: str,
+    model: str,
+    partition: str,
+    rule: str,
+    round_timeout: float,
+    out_dir: Path | None,
+    timeout_s: float,
+) -> None:
     """Start N real daemons on 127.0.0.1 and print each node's accuracy per round."""
     if not 1 <= nodes <= 64 or not 0 <= malicious < nodes:
         raise click.UsageError("need 1 <= nodes <= 64 and 0 <= malicious < nodes")
     out = out_dir or Path("runs") / f"testbed-{time.strftime('%Y%m%d-%H%M%S')}"
     specs = prepare_testbed(
-        out, nodes, malicious=malicious,
+        out,
+        nodes,
+        malicious=malicious,
         extra_config={
             "task": {"dataset": dataset, "model": model, "partition": partition},
             "robust": {"rule": rule},
@@ -178,13 +223,14 @@ def testbed(nodes: int, malicious: int, attack: str, rounds: int, dataset: str, 
     click.echo(header)
     all_rounds = sorted({r for t in table.values() for r in t})
     for r in all_rounds:
-        cells = " ".join(
-            f"{table.get(s.index, {}).get(r, float('nan')):9.4f}" for s in specs
-        )
+        cells = " ".join(f"{table.get(s.index, {}).get(r, float('nan')):9.4f}" for s in specs)
         click.echo(f"{r:5d} {cells}")
-    click.echo("(* = malicious; accuracy on each node's own validation data, as signed in its "
-               "blocks)")
+    click.echo(
+        "(* = malicious; accuracy on each node's own validation data, as signed in its blocks)"
+    )
     if not ok or any(c != 0 for c in codes):
-        click.echo(f"some daemons failed or timed out (exit codes {codes}); logs in {out}/*/node.log",
-                   err=True)
+        click.echo(
+            f"some daemons failed or timed out (exit codes {codes}); logs in {out}/*/node.log",
+            err=True,
+        )
         sys.exit(1)

@@ -36,7 +36,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numpy as np
 
@@ -272,7 +272,7 @@ def _save_mnist(arrays: dict[str, np.ndarray], cache_dir: str | Path | None) -> 
     fd, tmp = tempfile.mkstemp(prefix=".mnist-", suffix=".npz", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+            np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is not secret
         os.replace(tmp, path)
     except BaseException:
@@ -409,7 +409,9 @@ def _array_reconstruct() -> Callable[..., Any]:
     # ``ndarray.__reduce__`` names numpy's private ``_reconstruct`` (numpy.core.multiarray in
     # numpy 1.x, numpy._core.multiarray in 2.x); ask numpy for it instead of importing a path.
     fn = np.zeros(1).__reduce__()[0]
-    return fn  # type: ignore[no-any-return]
+    if not callable(fn):  # pragma: no cover - numpy always reduces arrays to a callable
+        raise DataError("numpy arrays do not reduce to a reconstructor")
+    return cast(Callable[..., Any], fn)
 
 
 class ArrayUnpickler(pickle.Unpickler):

@@ -38,7 +38,7 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import jax
 import jax.numpy as jnp
@@ -535,14 +535,15 @@ def get_model(name: str, input_shape: Sequence[int], num_classes: int) -> Model:
     """
     if name not in _ARCHS:
         raise UsageError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) == 2:
-        shape = (*shape, 1)
-    if len(shape) != 3 or min(shape) < 1:
+    dims = tuple(int(s) for s in input_shape)
+    if len(dims) == 2:
+        dims = (*dims, 1)
+    if len(dims) != 3 or min(dims) < 1:
         raise UsageError(f"input_shape must be (H, W[, C]) with positive sizes, got {input_shape}")
+    shape: tuple[int, int, int] = (dims[0], dims[1], dims[2])
     if num_classes < 2:
         raise UsageError(f"num_classes must be >= 2, got {num_classes}")
-    key = (name, cast(tuple[int, int, int], shape), int(num_classes))
+    key = (name, shape, int(num_classes))
     with _CACHE_LOCK:
         model = _CACHE.get(key)
         if model is None:

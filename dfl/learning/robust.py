@@ -569,20 +569,32 @@ def _closest_to_median_mean(s: F32, beta: int) -> F32:
 
     Those values form a window ``[j, j + beta)`` of the sorted row. Sliding the window right by
     one pays off iff the value it gains is closer to the median than the one it drops; that
-    holds for a prefix of positions, so ``j`` is the count of positions where it holds (ties
-    keep the window left). Only streaming whole-array passes, no per-column gathers.
+    holds for a prefix of positions, so ``j`` is found by binary search (ties keep the window
+    left). The sums of all ``theta - beta + 1`` windows come from one matrix product.
     """
-    theta = s.shape[1]
+    d, theta = s.shape
     extra = theta - beta
+    flat = s.reshape(-1)
+    base = np.arange(d, dtype=np.int64) * theta
     med = (s[:, (theta - 1) // 2].astype(np.float64) + s[:, theta // 2]) / 2.0
-    med32 = med.astype(np.float32)[:, None]
-    with np.errstate(over="ignore", invalid="ignore"):  # only at |x| ~ float32 max
-        gain = (s[:, beta:] - med32) < (med32 - s[:, :extra])  # (d, extra)
-    start = gain.sum(axis=1)[:, None]
-    pos = np.arange(theta)[None, :]
-    inside = (pos >= start) & (pos < start + beta)
-    total: F64 = np.where(inside, s, np.float32(0)).sum(axis=1, dtype=np.float64)
-    return (total / beta).astype(np.float32)
+    lo = np.zeros(d, np.int64)
+    hi = np.full(d, extra, np.int64)
+    while bool((lo < hi).any()):
+        mid = (lo + hi) // 2
+        gained = flat[base + np.minimum(mid + beta, theta - 1)].astype(np.float64) - med
+        dropped = med - flat[base + mid]
+        move = (mid < hi) & (gained < dropped)
+        lo = np.where(move, mid + 1, lo)
+        hi = np.where(move | (mid >= hi), hi, mid)
+    k = np.arange(theta)[:, None]
+    j = np.arange(extra + 1)[None, :]
+    windows = ((k >= j) & (k < j + beta)).astype(np.float32)  # (theta, extra + 1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        sums = (s @ windows)[np.arange(d), lo].astype(np.float64)
+    if not np.isfinite(sums).all():  # float32 overflow near float32 max: redo in float64
+        sums = np.einsum("ij,ij->i", s.astype(np.float64), windows.T[lo].astype(np.float64))
+    total: F64 = sums / beta
+    return total.astype(np.float32)
 
 
 def geomed(

@@ -81,7 +81,7 @@ class Learner:
         self.num_nodes = num_nodes
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(x))
-        n_val = int(round(len(x) * validation_share))
+        n_val = round(len(x) * validation_share)
         n_val = min(max(n_val, 1 if len(x) > 1 else 0), len(x) - 1)
         val, train = order[:n_val], order[n_val:]
         self.x_val, self.y_val = x[val], y[val]
@@ -139,7 +139,10 @@ class Learner:
             )
             published = np.asarray(self.attack.poison_model(ctx), dtype=np.float32)
         self._stale = [new] if not self._stale else [self._stale[0]]
-        metrics = {"val_accuracy": float(acc), "val_loss": float(loss) if np.isfinite(loss) else 1e9}
+        metrics = {
+            "val_accuracy": float(acc),
+            "val_loss": float(loss) if np.isfinite(loss) else 1e9,
+        }
         return TrainingDone(
             round=job.round,
             model=new,
@@ -151,9 +154,7 @@ class Learner:
     def aggregate(self, job: Aggregate) -> AggregationDone:
         rule = resolve_rule(job.rule)
         d = job.own.shape[0]
-        cands = (
-            np.stack(job.candidates) if job.candidates else np.zeros((0, d), dtype=np.float32)
-        )
+        cands = np.stack(job.candidates) if job.candidates else np.zeros((0, d), dtype=np.float32)
         ctx = RuleContext(
             own_samples=job.own_samples,
             num_byzantine=job.num_byzantine,

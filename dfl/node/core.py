@@ -214,7 +214,7 @@ class Aggregate:
 
 @dataclass(frozen=True)
 class Commit:
-    """Persist ``block`` (own or a verified peer header) and, if given, its model blob, atomically."""
+    """Persist ``block`` (own or a verified peer header) and its blob, if given, atomically."""
 
     block: Block
     blob: bytes | None = None
@@ -321,7 +321,7 @@ class _Candidate:
 
 
 class NodeCore:
-    """One dfl node's logic. Create it, optionally :meth:`restore` its chain, send :class:`Start`."""
+    """One dfl node's logic: create it, optionally :meth:`restore` its chain, send ``Start``."""
 
     def __init__(
         self, identity: Identity, params: CoreParams, initial_model: np.ndarray, samples: int
@@ -579,7 +579,9 @@ class NodeCore:
             verdicts.append(Verdict(block=h, accepted=bool(ok), score=s, reason=reason[:32]))
             if ok:
                 parents.append(h)
-        self._apply_standing([(c.block.author, ok) for c, ok in zip(cands, ev.accepted)], True)
+        self._apply_standing(
+            [(c.block.author, ok) for c, ok in zip(cands, ev.accepted, strict=True)], True
+        )
         n_acc = sum(ev.accepted)
         self.stats["accepted"] += n_acc
         self.stats["rejected"] += n - n_acc
@@ -600,7 +602,7 @@ class NodeCore:
         ]
         rejected = [
             f"{c.block.author.hex()[:8]}:{reason}"
-            for c, ok, reason in zip(cands, ev.accepted, ev.reasons)
+            for c, ok, reason in zip(cands, ev.accepted, ev.reasons, strict=True)
             if not ok
         ]
         msg = f"round {self.round}: accepted {n_acc}/{n}"
@@ -661,12 +663,10 @@ class NodeCore:
         if block.network != self.params.network:
             return self._invalid(ev.peer, "wrong-network")
         if block.author == self.author:
-            if block.hash != (self.head.hash if self.head else None) and block.hash not in (
-                self._known_hashes
-            ):
-                # someone replays or forges blocks in our name; the signature check decides
-                if self.params.check_signatures and not block.verify_signature():
-                    return self._invalid(ev.peer, "bad-signature")
+            # our own block echoed back, or someone forging blocks in our name
+            known = block.hash in self._known_hashes
+            if not known and self.params.check_signatures and not block.verify_signature():
+                return self._invalid(ev.peer, "bad-signature")
             return []
         if block.hash in self._known_hashes:
             return []
@@ -686,8 +686,11 @@ class NodeCore:
                     return [
                         Evidence(block.author, proof.encode()),
                         Penalize(self.peer_of(block.author), "equivocation", 100.0),
-                        Log("warning", f"author {block.author.hex()[:8]} equivocated at "
-                            f"height {block.height}; ignoring it from now on"),
+                        Log(
+                            "warning",
+                            f"author {block.author.hex()[:8]} equivocated at "
+                            f"height {block.height}; ignoring it from now on",
+                        ),
                     ]
             prev = heights.get(block.height - 1)
         else:
@@ -734,7 +737,9 @@ class NodeCore:
             c.requested = True
             outstanding += 1
             self._by_digest[c.block.model_digest] = author
-            effects.append(FetchBlob(self.peer_of(author), c.block.model_digest, c.block.model_size))
+            effects.append(
+                FetchBlob(self.peer_of(author), c.block.model_digest, c.block.model_size)
+            )
         return effects
 
     def _on_blob(self, ev: BlobReceived, now: float) -> list[Effect]:
@@ -755,8 +760,10 @@ class NodeCore:
             self._mark_used(c.block.hash)
             self._apply_standing([(author, False)], recover=False)
             self._extra_verdicts.append(Verdict(c.block.hash, False, 0.0, e.reason[:32]))
-            return [Penalize(ev.peer, e.reason, 5.0), Log("warning", f"bad model from "
-                    f"{author.hex()[:8]}: {e.reason}")]
+            return [
+                Penalize(ev.peer, e.reason, 5.0),
+                Log("warning", f"bad model from {author.hex()[:8]}: {e.reason}"),
+            ]
         c.model = model
         effects: list[Effect] = [Commit(c.block, ev.data)]
         effects.extend(self._maybe_aggregate(now))

@@ -28,7 +28,6 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -144,9 +143,7 @@ class Daemon:
 
             self.core.restore(own_chain, model, author_of)
             log.info("resuming at round %d (height %d)", self.core.round, head.height)
-        self.status = _Status(
-            peer_id=self.identity.peer_id, pid=os.getpid(), started=time.time()
-        )
+        self.status = _Status(peer_id=self.identity.peer_id, pid=os.getpid(), started=time.time())
         self.peer_blob_round: dict[bytes, int] = {}
         self.events_send, self.events_recv = trio.open_memory_channel[C.Event](10_000)
         self.done = trio.Event()
@@ -210,13 +207,21 @@ class Daemon:
         try:
             self.store.put(eff.block, eff.blob)
         except ConflictError as e:
-            log.warning("store conflict at height %d of %s: %s", eff.block.height,
-                        eff.block.author.hex()[:8], e)
+            log.warning(
+                "store conflict at height %d of %s: %s",
+                eff.block.height,
+                eff.block.author.hex()[:8],
+                e,
+            )
             return
         if eff.own:
             self.status.height = eff.block.height
-            log.info("committed block height %d round %d (%d parents)", eff.block.height,
-                     eff.block.round, len(eff.block.parents))
+            log.info(
+                "committed block height %d round %d (%d parents)",
+                eff.block.height,
+                eff.block.round,
+                len(eff.block.parents),
+            )
         elif eff.blob is not None:
             self.peer_blob_round[eff.block.model_digest] = eff.block.round
 
@@ -358,8 +363,11 @@ class Daemon:
                 nursery.start_soon(self._signals, nursery.cancel_scope)
                 await self.events_send.send(C.Start())
                 await self.done.wait()
-                log.info("ran %d rounds; serving blobs for %.0f s before exit",
-                         self.core.rounds_run, self.opts.linger_s)
+                log.info(
+                    "ran %d rounds; serving blobs for %.0f s before exit",
+                    self.core.rounds_run,
+                    self.opts.linger_s,
+                )
                 self.status.phase = "done"
                 self._write_status()
                 await trio.sleep(self.opts.linger_s)

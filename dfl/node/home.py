@@ -21,7 +21,7 @@ from dfl.config import Config, load_config, render_toml
 from dfl.crypto import Identity
 from dfl.errors import ConfigError, UsageError
 
-__all__ = ["Home", "KEY_FILE", "CONFIG_FILE"]
+__all__ = ["CONFIG_FILE", "KEY_FILE", "Home"]
 
 KEY_FILE = "node.key"
 CONFIG_FILE = "config.toml"

@@ -542,12 +542,12 @@ def _check_data_file(data: Path) -> None:
 
 def _verify_data_file(data: Path) -> None:
     """Full structural check of ``data`` with py-lmdb's offline verifier."""
-    from lmdb.verify import VerifyError
-    from lmdb.verify import verify as lmdb_verify
+    from lmdb import verify as lmdb_verify
 
+    walk: Callable[[str, bool], list[str]] = lmdb_verify.verify
     try:
-        problems = lmdb_verify(str(data), subdir=False)
-    except (VerifyError, OSError) as exc:
+        problems = walk(str(data), False)
+    except (lmdb_verify.VerifyError, OSError) as exc:
         raise StoreError(f"{data}: store file failed verification: {exc}") from exc
     if problems:
         shown = "; ".join(problems[:3])
@@ -581,8 +581,9 @@ class LmdbStore:
         Sync every commit to disk (default). ``False`` is for the simulator: commits survive a
         crash of the process but not of the machine.
     writemap : bool
-        Write through a writable memory map (faster large commits; a stray write in the process
-        could corrupt the file, so off by default).
+        Write through a writable memory map. Off by default: a stray write in the process could
+        corrupt the file, and durable commits of 250 KB blobs measured slower with it
+        (``benchmarks/chain.py``).
     own_author : bytes, optional
         The node's public key; recorded in the store on first use and read back when omitted.
         Opening with a different key raises UsageError.
@@ -663,6 +664,8 @@ class LmdbStore:
         env = self._live_env()
         try:
             with env.begin(write=True) as txn:
+                if not fresh and txn.stat(env.open_db(txn=txn))["entries"] == 0:
+                    fresh = True  # killed before the first commit: an empty environment
                 if not fresh:
                     try:
                         dfl_db = env.open_db(b"dfl", txn=txn, create=False)

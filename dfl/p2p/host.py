@@ -526,6 +526,9 @@ class P2PHost:
     async def publish(self, data: bytes) -> None:
         """Sign and gossip ``data`` on the topic (never rate-limited, never echoed back).
 
+        Message ids are content hashes: publishing bytes this host has already seen (sent or
+        received within ``seen_ttl_s``) is a no-op, since they are already propagating.
+
         Raises
         ------
         UsageError

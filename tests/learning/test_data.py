@@ -67,7 +67,7 @@ def test_digits_shapes_and_determinism() -> None:
     assert a.input_shape == (8, 8, 1) and a.num_classes == 10
     assert a.x_train.shape == (1437, 8, 8, 1) and a.x_test.shape == (360, 8, 8, 1)
     assert a.x_train.dtype == np.float32 and a.y_train.dtype == np.int32
-    assert 0.0 <= a.x_train.min() and a.x_train.max() <= 1.0
+    assert a.x_train.min() >= 0.0 and a.x_train.max() <= 1.0
     np.testing.assert_array_equal(a.x_train, b.x_train)
     np.testing.assert_array_equal(a.y_test, b.y_test)
     assert set(np.unique(a.y_test)) == set(range(10))  # stratified split
@@ -233,7 +233,7 @@ def test_unpickler_rejects_os_system_without_running_it(proto: int) -> None:
 
 
 def test_unpickler_rejects_builtins_and_object_arrays() -> None:
-    with pytest.raises(DataError, match="collections.OrderedDict"):
+    with pytest.raises(DataError, match=r"collections\.OrderedDict"):
         safe_unpickle_arrays(pickle.dumps(collections.OrderedDict()))
     with pytest.raises(DataError):
         safe_unpickle_arrays(pickle.dumps(np.array([1, "a"], dtype=object)))

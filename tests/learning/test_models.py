@@ -37,15 +37,15 @@ def test_get_model_is_cached_and_pickles_by_name() -> None:
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_models_run_on_small_inputs(name: str) -> None:
-    for shape in [(8, 8, 1), (5, 7, 1), (1, 1, 1)]:
-        model = get_model(name, shape, 3)
-        x = np.random.default_rng(0).random((7, *shape), dtype=np.float32)
-        y = np.array([0, 1, 2, 0, 1, 2, 0])
-        p = model.train_local(model.init(0), x, y, epochs=1, batch_size=4, lr=0.1, seed=0)
-        acc, loss = model.evaluate(p, x, y)
-        assert 0.0 <= acc <= 1.0 and np.isfinite(loss)
-        assert model.predict(p, x).shape == (7,)
+def test_models_run_on_odd_small_inputs(name: str) -> None:
+    shape = (5, 7, 1)  # odd sizes: lenet pools in floor mode and falls back to a 'SAME' conv2
+    model = get_model(name, shape, 3)
+    x = np.random.default_rng(0).random((7, *shape), dtype=np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2, 0])
+    p = model.train_local(model.init(0), x, y, epochs=1, batch_size=4, lr=0.1, seed=0)
+    acc, loss = model.evaluate(p, x, y)
+    assert 0.0 <= acc <= 1.0 and np.isfinite(loss)
+    assert model.predict(p, x).shape == (7,)
 
 
 @pytest.mark.parametrize("name", ["mlp", "lenet"])

@@ -35,8 +35,9 @@ def params(**kw: object) -> C.CoreParams:
 def toy_train(job: C.Train, delta: float, bad: bool = False) -> C.TrainingDone:
     new = job.model + np.float32(delta)
     pub = new * 1000 if bad else new
-    return C.TrainingDone(job.round, new, samples=10, metrics={"loss": 1.0 / (job.round + 1)},
-                          published=pub)
+    return C.TrainingDone(
+        job.round, new, samples=10, metrics={"loss": 1.0 / (job.round + 1)}, published=pub
+    )
 
 
 def toy_aggregate(job: C.Aggregate) -> C.AggregationDone:
@@ -61,8 +62,9 @@ class Net:
     """Cores wired fully; effects executed immediately; a virtual clock."""
 
     def __init__(self, n: int, bad: set[int] = frozenset(), **kw: object) -> None:  # type: ignore[assignment]
-        self.cores = [C.NodeCore(ident(i), params(**kw), np.zeros(D, np.float32), 10)
-                      for i in range(n)]
+        self.cores = [
+            C.NodeCore(ident(i), params(**kw), np.zeros(D, np.float32), 10) for i in range(n)
+        ]
         self.bad = bad
         self.now = 0.0
         self.blobs: dict[bytes, bytes] = {}
@@ -99,7 +101,9 @@ class Net:
         elif isinstance(eff, C.Publish):
             for j in range(len(self.cores)):
                 if j != i:
-                    self.queue.append((j, C.HeaderReceived(eff.data, self.cores[i].identity.peer_id)))
+                    self.queue.append(
+                        (j, C.HeaderReceived(eff.data, self.cores[i].identity.peer_id))
+                    )
         elif isinstance(eff, C.FetchBlob):
             blob = self.blobs.get(eff.digest)
             if blob is None:
@@ -203,11 +207,25 @@ def test_garbage_headers_are_penalized_and_change_nothing(data: bytes, reason: s
     assert not any(isinstance(e, (C.Commit, C.FetchBlob)) for e in effs)
 
 
-def _peer_block(i: int, height: int = 0, round: int = 0, model: np.ndarray | None = None,
-                prev: bytes = b"\0" * 32, net: bytes = NET):
+def _peer_block(
+    i: int,
+    height: int = 0,
+    round: int = 0,
+    model: np.ndarray | None = None,
+    prev: bytes = b"\0" * 32,
+    net: bytes = NET,
+):
     m = np.zeros(D, np.float32) if model is None else model
-    return make_block(ident(i), network=net, height=height, prev=prev, round=round,
-                      timestamp_ms=1000, model=m, samples=10)
+    return make_block(
+        ident(i),
+        network=net,
+        height=height,
+        prev=prev,
+        round=round,
+        timestamp_ms=1000,
+        model=m,
+        samples=10,
+    )
 
 
 def test_bad_signature_and_wrong_network_are_penalized() -> None:
@@ -227,15 +245,31 @@ def test_nan_and_wrong_shape_models_are_rejected_with_a_verdict() -> None:
     nan = np.zeros(D, np.float32)
     nan[3] = np.nan
     blob = nan.astype("<f4").tobytes()
-    blk = make_block(ident(1), network=NET, height=0, prev=b"\0" * 32, round=0, timestamp_ms=1,
-                     model=blob, samples=10)
+    blk = make_block(
+        ident(1),
+        network=NET,
+        height=0,
+        prev=b"\0" * 32,
+        round=0,
+        timestamp_ms=1,
+        model=blob,
+        samples=10,
+    )
     effs = core.handle(C.HeaderReceived(encode(blk), "p1"), 1.0)
     (fetch,) = [e for e in effs if isinstance(e, C.FetchBlob)]
     effs = core.handle(C.BlobReceived(fetch.digest, blob, "p1"), 1.0)
     assert [e.reason for e in effs if isinstance(e, C.Penalize)] != []
     short = model_to_blob(np.zeros(D - 1, np.float32))
-    blk2 = make_block(ident(2), network=NET, height=0, prev=b"\0" * 32, round=0, timestamp_ms=1,
-                      model=short, samples=10)
+    blk2 = make_block(
+        ident(2),
+        network=NET,
+        height=0,
+        prev=b"\0" * 32,
+        round=0,
+        timestamp_ms=1,
+        model=short,
+        samples=10,
+    )
     effs = core.handle(C.HeaderReceived(encode(blk2), "p2"), 1.0)
     (fetch,) = [e for e in effs if isinstance(e, C.FetchBlob)]
     effs = core.handle(C.BlobReceived(fetch.digest, short, "p2"), 1.0)

@@ -423,6 +423,18 @@ def test_lmdb_reopen_keeps_everything(tmp_path: Path) -> None:
         assert s.evidence() == {author(1): b"proof"} and s.meta_get("round") == b"\x05"
     with pytest.raises(UsageError, match="belongs to"):
         LmdbStore(path, own_author=author(1))
+    with LmdbStore(path), pytest.raises(StoreError, match="already open"):
+        LmdbStore(path)  # LMDB's locks break if one process opens a store twice
+
+
+def test_lmdb_adopts_an_empty_environment(tmp_path: Path) -> None:
+    # A process killed between creating data.mdb and the first commit leaves an empty
+    # environment: nothing to lose, so it becomes a store instead of an unusable directory.
+    lmdb.open(str(tmp_path / "s")).close()
+    with LmdbStore(tmp_path / "s") as s:
+        s.put(*mk(0, 0))
+    with LmdbStore(tmp_path / "s") as s:
+        assert s.count() == 1
 
 
 def flip(path: Path, needle: bytes, at: int) -> None:

@@ -79,9 +79,19 @@ def test_churn_and_partitions_lose_no_block() -> None:
 
 
 def test_malicious_nodes_are_rejected_by_a_robust_rule() -> None:
-    sim = Simulation(Scenario(**{**SMALL, "nodes": 10, "rounds": 5, "malicious": 0.2,  # type: ignore[arg-type]
-                                 "attack": "gaussian", "rule": "multi_krum",
-                                 "topology": "complete"}))
+    sim = Simulation(
+        Scenario(
+            **{
+                **SMALL,
+                "nodes": 10,
+                "rounds": 5,
+                "malicious": 0.2,  # type: ignore[arg-type]
+                "attack": "gaussian",
+                "rule": "multi_krum",
+                "topology": "complete",
+            }
+        )
+    )
     r = sim.run()
     bad = {sim.identities[i].public_key for i in sim.malicious}
     assert len(bad) == 2
@@ -102,14 +112,42 @@ def test_sim_cli_writes_outputs_and_its_homes_verify(tmp_path: Path) -> None:
     out = tmp_path / "run"
     res = CliRunner().invoke(
         main,
-        ["sim", "run", "--nodes", "4", "--rounds", "2", "--model", "logreg", "--workers", "1",
-         "--store", "lmdb", "--out", str(out)],
+        [
+            "sim",
+            "run",
+            "--nodes",
+            "4",
+            "--rounds",
+            "2",
+            "--model",
+            "logreg",
+            "--workers",
+            "1",
+            "--store",
+            "lmdb",
+            "--out",
+            str(out),
+        ],
     )
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("nodes", "rounds", "malicious", "rule", "attack", "seed", "honest_accuracy_mean",
-                "honest_accuracy_min", "wall_seconds", "setup_seconds", "train_seconds",
-                "chain_seconds", "blocks", "bytes_headers", "bytes_blobs"):
+    for key in (
+        "nodes",
+        "rounds",
+        "malicious",
+        "rule",
+        "attack",
+        "seed",
+        "honest_accuracy_mean",
+        "honest_accuracy_min",
+        "wall_seconds",
+        "setup_seconds",
+        "train_seconds",
+        "chain_seconds",
+        "blocks",
+        "bytes_headers",
+        "bytes_blobs",
+    ):
         assert key in summary
     assert summary["nodes"] == 4 and summary["blocks"] == 8
     lines = (out / "metrics.jsonl").read_text().splitlines()
