@@ -748,6 +748,8 @@ class P2PHost:
             origin = ID(msg.from_id).to_base58()
             self._inbox_send.send_nowait((origin, bytes(msg.data)))
             self._stats["gossip_delivered"] += 1
+        except trio.ClosedResourceError:
+            pass  # shutting down
         except trio.WouldBlock:
             self._stats["gossip_inbox_dropped"] += 1
             log.warning("inbox full (%d): gossip message dropped", self.config.inbox_size)
@@ -1059,3 +1061,10 @@ async def open_host(
                 host._nursery = None
                 nursery.cancel_scope.cancel()
                 host._inbox_send.close()
+                # close connections while pubsub still runs: in 0.8.1 a gossip RPC arriving
+                # after pubsub stopped raises "Nursery is closed" out of the swarm
+                with trio.CancelScope(shield=True), trio.move_on_after(5.0):
+                    try:
+                        await host._host.close()
+                    except Exception as exc:
+                        log.debug("host close: %s: %s", type(exc).__name__, exc)
