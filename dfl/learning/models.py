@@ -130,17 +130,12 @@ def _maxpool2(x: jax.Array) -> jax.Array:
 
 
 def _conv(x: jax.Array, p: ParamDict, name: str, padding: str) -> jax.Array:
-    """Stride-1 convolution as im2col + one matmul (measured faster than
-    ``lax.conv_general_dilated`` for these tiny kernels on the 2-core CPU, forward and backward).
-    """
-    w = p[f"{name}.w"]
-    kh, kw, ci, co = w.shape
-    if padding == "SAME":
-        x = jnp.pad(x, ((0, 0), (kh // 2, (kh - 1) // 2), (kw // 2, (kw - 1) // 2), (0, 0)))
-    b, h, wd, _ = x.shape
-    ho, wo = h - kh + 1, wd - kw + 1
-    cols = jnp.stack([x[:, i : i + ho, j : j + wo, :] for i in range(kh) for j in range(kw)], 3)
-    return cols.reshape(b, ho, wo, kh * kw * ci) @ w.reshape(kh * kw * ci, co) + p[f"{name}.b"]
+    # lax.conv_general_dilated beat an im2col + matmul and conv_general_dilated_patches here
+    # (2-core CPU): faster steps and 2-3x faster compiles.
+    y = jax.lax.conv_general_dilated(
+        x, p[f"{name}.w"], (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    return y + p[f"{name}.b"]
 
 
 def _lenet(input_shape: tuple[int, int, int], num_classes: int) -> _Arch:

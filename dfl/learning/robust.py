@@ -567,32 +567,33 @@ def bulyan(
 def _closest_to_median_mean(s: F32, beta: int) -> F32:
     """Per row of sorted ``s`` (d, theta): mean of the ``beta`` values closest to the median.
 
-    Those values form a window ``[j, j + beta)`` of the sorted row. Sliding the window right by
-    one pays off iff the value it gains is closer to the median than the one it drops; that
-    holds for a prefix of positions, so ``j`` is found by binary search (ties keep the window
-    left). The sums of all ``theta - beta + 1`` windows come from one matrix product.
+    Those values form the window ``[j, j + beta)`` of the sorted row with the least total
+    distance to the median ``med`` (ties -> the leftmost). In a sorted row ``|s_k - med|`` is
+    ``sign_k * (s_k - med)`` with ``sign_k = -1`` below the middle and ``+1`` from it on, the
+    same for every row, so one matrix product against the window indicators (and their signed
+    copies) yields every window's sum and its distance to the median at once.
     """
     d, theta = s.shape
     extra = theta - beta
-    flat = s.reshape(-1)
-    base = np.arange(d, dtype=np.int64) * theta
-    med = (s[:, (theta - 1) // 2].astype(np.float64) + s[:, theta // 2]) / 2.0
-    lo = np.zeros(d, np.int64)
-    hi = np.full(d, extra, np.int64)
-    while bool((lo < hi).any()):
-        mid = (lo + hi) // 2
-        gained = flat[base + np.minimum(mid + beta, theta - 1)].astype(np.float64) - med
-        dropped = med - flat[base + mid]
-        move = (mid < hi) & (gained < dropped)
-        lo = np.where(move, mid + 1, lo)
-        hi = np.where(move | (mid >= hi), hi, mid)
     k = np.arange(theta)[:, None]
     j = np.arange(extra + 1)[None, :]
-    windows = ((k >= j) & (k < j + beta)).astype(np.float32)  # (theta, extra + 1)
+    windows = ((k >= j) & (k < j + beta)).astype(np.float64)  # (theta, extra + 1)
+    sign = np.where(np.arange(theta) >= theta // 2, 1.0, -1.0)[:, None]
+    both = np.concatenate([windows, windows * sign], axis=1)
+    sign_count = (windows * sign).sum(axis=0)  # (extra + 1,)
+    rows = np.arange(d)
     with np.errstate(over="ignore", invalid="ignore"):
-        sums = (s @ windows)[np.arange(d), lo].astype(np.float64)
+        med = (s[:, (theta - 1) // 2] * np.float32(0.5)) + (s[:, theta // 2] * np.float32(0.5))
+        prod = s @ both.astype(np.float32)
+        cost = prod[:, extra + 1 :] - med[:, None] * sign_count.astype(np.float32)
+        start = np.argmin(cost, axis=1)
+        sums = prod[rows, start].astype(np.float64)
     if not np.isfinite(sums).all():  # float32 overflow near float32 max: redo in float64
-        sums = np.einsum("ij,ij->i", s.astype(np.float64), windows.T[lo].astype(np.float64))
+        s64 = s.astype(np.float64)
+        med64 = (s64[:, (theta - 1) // 2] + s64[:, theta // 2]) / 2.0
+        prod64 = s64 @ both
+        start = np.argmin(prod64[:, extra + 1 :] - med64[:, None] * sign_count, axis=1)
+        sums = prod64[rows, start]
     total: F64 = sums / beta
     return total.astype(np.float32)
 
