@@ -98,8 +98,9 @@ def run(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # py-libp2p logs multi-line warnings for every failed dial or stream; keep errors only
     for noisy in ("libp2p", "multiaddr", "jax", "absl"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     daemon = run_daemon(home, cfg, DaemonOptions(rounds=rounds, attack=attack, linger_s=linger))
     click.echo(
         f"stopped at round {daemon.core.round}, height {daemon.core.height}; "

@@ -74,6 +74,11 @@ class _Status:
     pid: int = 0
     started: float = 0.0
     stats: dict[str, int] = field(default_factory=dict)
+    # CPU accounting since the first round started (see Daemon._cpu_snapshot)
+    cpu: dict[str, float] = field(default_factory=dict)
+    rss_bytes: int = 0
+    peak_rss_bytes: int = 0
+    idle_rss_bytes: int = 0
 
 
 def _build_learner(cfg: Config, attack: str | None) -> tuple[Learner, int]:
@@ -149,6 +154,10 @@ class Daemon:
         self.done = trio.Event()
         self.host: P2PHost | None = None
         self._metrics: Any = None
+        self._cpu_acc: dict[str, float] = {}
+        self._cpu0: tuple[float, float] | None = None  # (process CPU, loop-thread CPU) at start
+        self._loop_cpu = 0.0
+        self._loop_thread = 0
 
     # ----------------------------------------------------------------- host callbacks
 
@@ -226,8 +235,37 @@ class Daemon:
             self.peer_blob_round[eff.block.model_digest] = eff.block.round
 
     async def _compute(self, fn: Callable[[Any], C.Event], job: Any) -> None:
-        result = await trio.to_thread.run_sync(fn, job)
+        def timed() -> tuple[C.Event, float]:
+            t0 = time.thread_time()
+            out = fn(job)
+            return out, time.thread_time() - t0
+
+        result, cpu = await trio.to_thread.run_sync(timed)
+        key = "train_thread_s" if isinstance(job, C.Train) else "aggregate_s"
+        self._cpu_acc[key] = self._cpu_acc.get(key, 0.0) + cpu
         await self.events_send.send(result)
+
+    def _cpu_snapshot(self) -> dict[str, float]:
+        """CPU seconds since the first round: the whole process, the event-loop thread (p2p,
+        gossip, crypto, chain rules, store, the core) and the aggregation jobs. Training is
+        everything else (its worker thread and XLA's compute threads)."""
+        import resource
+
+        if self._cpu0 is None:
+            return {}
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        process = ru.ru_utime + ru.ru_stime - self._cpu0[0]
+        loop = self._loop_cpu
+        agg = self._cpu_acc.get("aggregate_s", 0.0)
+        train = max(0.0, process - loop - agg)
+        outside = loop + agg
+        return {
+            "process_s": process,
+            "event_loop_s": loop,
+            "aggregate_s": agg,
+            "train_s": train,
+            "outside_training_share": outside / process if process > 0 else 0.0,
+        }
 
     async def _fetch(self, eff: C.FetchBlob) -> None:
         assert self.host is not None
@@ -274,7 +312,13 @@ class Daemon:
     # ----------------------------------------------------------------- loops
 
     async def _core_loop(self, nursery: trio.Nursery) -> None:
+        import resource
+
         async for ev in self.events_recv:
+            if self._cpu0 is None and isinstance(ev, C.Start):
+                ru = resource.getrusage(resource.RUSAGE_SELF)
+                self._cpu0 = (ru.ru_utime + ru.ru_stime, time.thread_time())
+                self.status.idle_rss_bytes = _rss_bytes()
             try:
                 effects = self.core.handle(ev, time.time())
             except Exception:
@@ -319,7 +363,14 @@ class Daemon:
             await trio.sleep(self.opts.status_interval_s)
 
     def _write_status(self) -> None:
+        import resource
+
         s = self.status
+        if self._cpu0 is not None and self._in_loop_thread():
+            self._loop_cpu = time.thread_time() - self._cpu0[1]
+        s.cpu = self._cpu_snapshot()
+        s.rss_bytes = _rss_bytes()
+        s.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         if self.host is not None:
             try:
                 s.listen = self.host.listen_addrs
@@ -333,6 +384,9 @@ class Daemon:
         os.replace(tmp, path)
 
     async def run(self) -> None:
+        import threading
+
+        self._loop_thread = threading.get_ident()
         cfg = self.cfg
         host_cfg = HostConfig(
             seed=self.identity.seed,
@@ -383,6 +437,11 @@ class Daemon:
                 scope.cancel()
                 return
 
+    def _in_loop_thread(self) -> bool:
+        import threading
+
+        return threading.get_ident() == self._loop_thread
+
     def close(self) -> None:
         try:
             self._write_status()
@@ -390,6 +449,14 @@ class Daemon:
             self.store.close()
             if self._metrics is not None:
                 self._metrics.close()
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def run_daemon(home: Home, cfg: Config, opts: DaemonOptions) -> Daemon:

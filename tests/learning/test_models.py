@@ -57,7 +57,7 @@ def test_learns_digits(name: str) -> None:
         seed=0,
     )  # fmt: skip
     acc, loss = model.evaluate(p, ds.x_test, ds.y_test)
-    assert acc >= 0.88, (name, acc, loss)  # chance is 0.10; measured 0.92 (lenet), 0.96 (mlp)
+    assert acc >= 0.88, (name, acc, loss)  # chance is 0.10; measured 0.93 (lenet), 0.95 (mlp)
 
 
 def test_logreg_learns_synthetic() -> None:
