@@ -48,8 +48,12 @@ def run(nodes: int, rounds: int, dataset: str, model: str, rule: str) -> list[di
             Path(tmp),
             nodes,
             extra_config={
-                "task": {"dataset": dataset, "model": model, "partition": "dirichlet:0.5",
-                         "lr": 0.05},
+                "task": {
+                    "dataset": dataset,
+                    "model": model,
+                    "partition": "dirichlet:0.5",
+                    "lr": 0.05,
+                },
                 "robust": {"rule": rule},
                 "round": {"timeout_s": 120.0, "max_updates": nodes - 1},
             },
@@ -66,9 +70,16 @@ def run(nodes: int, rounds: int, dataset: str, model: str, rule: str) -> list[di
             if s.proc is None or s.proc.returncode != 0:
                 tail = (s.home / "node.log").read_text()[-2000:]
                 raise SystemExit(f"node {s.index} failed:\n{tail}")
-            out.append({"node": s.index, **st["cpu"], "idle_rss": st["idle_rss_bytes"],
-                        "peak_rss": st["peak_rss_bytes"], "height": st["height"],
-                        "accuracy": st["last_accuracy"]})
+            out.append(
+                {
+                    "node": s.index,
+                    **st["cpu"],
+                    "idle_rss": st["idle_rss_bytes"],
+                    "peak_rss": st["peak_rss_bytes"],
+                    "height": st["height"],
+                    "accuracy": st["last_accuracy"],
+                }
+            )
         return out
 
 
@@ -106,7 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     print(table)
     print(summary)
     if not args.no_record:
-        cmd = "python -m benchmarks.overhead " + " ".join(argv if argv is not None else sys.argv[1:])
+        cmd = "python -m benchmarks.overhead " + " ".join(
+            argv if argv is not None else sys.argv[1:]
+        )
         md = (
             f"Command: `{cmd.strip()}`  \n"
             f"Date: {time.strftime('%Y-%m-%d')}; machine: {os.cpu_count()} cores, {_cpu_model()}  \n"

@@ -59,13 +59,14 @@ def init(home_dir: Path, network: str | None, force: bool) -> None:
 
 
 def _register() -> None:
+    from dfl.commands.bench import bench
     from dfl.commands.chain import chain
     from dfl.commands.data import data
     from dfl.commands.node import node
     from dfl.commands.sim import sim
     from dfl.commands.testbed import testbed
 
-    for command in (chain, data, node, sim, testbed):
+    for command in (bench, chain, data, node, sim, testbed):
         main.add_command(command)
 
 

@@ -15,6 +15,10 @@ Invariants
   by :class:`ArrayUnpickler`, which admits exactly the globals numpy arrays need, after the wheel's
   SHA-256 matched a pinned value.
 
+``digits`` is scikit-learn's 8x8 digits set (1797 samples, values 0..16 scaled to [0, 1]) with a
+fixed seeded stratified split (1437 train / 360 test by default); ``synthetic`` is seeded
+class-dependent Gaussian blobs of any size, class count and shape (for tests).
+
 Data directory: the ``cache_dir`` argument, else ``$DFL_DATA_DIR``, else the user cache dir
 (``platformdirs.user_cache_dir("dfl")``).
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import inspect
 import io
 import os
@@ -569,24 +574,61 @@ def import_mnist_idx(directory: str | Path, *, cache_dir: str | Path | None = No
 
 
 def _load_digits(*, test_size: int = 360, seed: int = 0) -> Dataset:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = load_digits()
-    x = (np.asarray(bunch.images, dtype=np.float32) / np.float32(16.0)).reshape(-1, 8, 8, 1)
-    y = np.asarray(bunch.target, dtype=np.int32)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=test_size, random_state=seed, stratify=y
-    )
+    x, y = _digits_arrays()
+    if not 0 < test_size < len(y):
+        raise UsageError(f"digits test_size must be in 1..{len(y) - 1}, got {test_size}")
+    test_idx = _stratified_pick(y, test_size, seed)
+    train_mask = np.ones(len(y), dtype=bool)
+    train_mask[test_idx] = False
     return Dataset(
         name="digits",
-        x_train=np.ascontiguousarray(x_tr),
-        y_train=np.ascontiguousarray(y_tr),
-        x_test=np.ascontiguousarray(x_te),
-        y_test=np.ascontiguousarray(y_te),
+        x_train=x[train_mask],
+        y_train=y[train_mask],
+        x_test=x[np.sort(test_idx)],
+        y_test=y[np.sort(test_idx)],
         num_classes=10,
         input_shape=(8, 8, 1),
     )
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits (1797 samples), scaled from 0..16 to [0, 1].
+
+    Reads ``sklearn/datasets/data/digits.csv.gz`` (the file ``load_digits`` reads) without
+    importing scikit-learn, whose import costs ~2 CPU-seconds (scipy); falls back to
+    ``load_digits`` if the file is not where expected.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    for root in roots:
+        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",", dtype=np.float32)
+            images, target = table[:, :-1], table[:, -1]
+            break
+    else:
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        images, target = np.asarray(bunch.data), np.asarray(bunch.target)
+    if images.shape != (1797, 64):
+        raise DataError(f"scikit-learn digits have shape {images.shape}, expected (1797, 64)")
+    x = (images.astype(np.float32) / np.float32(16.0)).reshape(-1, 8, 8, 1)
+    return np.ascontiguousarray(x), target.astype(np.int32)
+
+
+def _stratified_pick(y: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """``k`` indices, each class represented in proportion (largest remainder), seeded."""
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    quota = counts * k / len(y)
+    take = np.floor(quota).astype(np.int64)
+    order = np.argsort(-(quota - take), kind="stable")
+    take[order[: k - int(take.sum())]] += 1
+    picks = [
+        rng.permutation(np.flatnonzero(y == c))[:t] for c, t in zip(classes, take, strict=True)
+    ]
+    return np.concatenate(picks)
 
 
 def _synthetic(

@@ -953,5 +953,6 @@ RULES: dict[str, Rule] = {
     "dfl": dfl,
     "ubar": ubar,
     "balance_median": compose(balance, median),
+    "balance_trimmed": compose(balance, trimmed_mean),
 }
 """Registry of robust rules by name. A new defense: write the function, add one line here."""

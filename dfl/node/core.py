@@ -291,6 +291,7 @@ class CoreParams:
     rule: str = "fedavg"
     num_byzantine: int = 1
     round_timeout_s: float = 10.0
+    min_round_s: float = 0.0  # a round never ends sooner than this after its training started
     max_updates: int = 8
     max_staleness: int = 2
     min_reputation: float = 0.2
@@ -341,6 +342,8 @@ class NodeCore:
         self.head: Block | None = None
         self.rounds_run = 0
         self.deadline: float | None = None
+        self._round_started = 0.0
+        self._timeout_at = 0.0
         self.rule_state: Mapping[str, Any] = {}
         self.reputation: dict[bytes, float] = {}
         self.banned: set[bytes] = set()
@@ -455,11 +458,12 @@ class NodeCore:
         if self.params.max_rounds == 0:
             self.phase = "done"
             return [Done()]
-        return self._begin_training()
+        return self._begin_training(now)
 
-    def _begin_training(self) -> list[Effect]:
+    def _begin_training(self, now: float) -> list[Effect]:
         self.phase = "training"
         self.deadline = None
+        self._round_started = now
         seed = (self.params.seed * 1_000_003 + self.round) & 0x7FFFFFFF
         return [
             Train(
@@ -498,7 +502,8 @@ class NodeCore:
         self.samples = max(1, int(ev.samples))
         self._remember(block)
         self.phase = "collecting"
-        self.deadline = now + self.params.round_timeout_s
+        self._timeout_at = now + self.params.round_timeout_s
+        self.deadline = self._timeout_at
         effects: list[Effect] = [
             Commit(block, blob, own=True),
             Publish(encode(block), block),
@@ -510,7 +515,7 @@ class NodeCore:
 
     def _on_tick(self, now: float) -> list[Effect]:
         if self.phase == "collecting" and self.deadline is not None and now >= self.deadline:
-            return self._aggregate(now)
+            return self._maybe_aggregate(now)
         return []
 
     def _usable(self, c: _Candidate) -> bool:
@@ -532,12 +537,19 @@ class NodeCore:
         return min(self.params.max_updates, len(self.peers))
 
     def _maybe_aggregate(self, now: float) -> list[Effect]:
+        """Aggregate when K candidates are ready or the round timed out -- but never before
+        ``min_round_s`` after the round's training started."""
         if self.phase != "collecting":
             return []
         wanted = self._wanted()
-        if wanted == 0 or (self.peers and len(self._ready()) >= wanted):
-            return self._aggregate(now)
-        return []
+        enough = wanted == 0 or (bool(self.peers) and len(self._ready()) >= wanted)
+        if not (enough or now >= self._timeout_at):
+            return []
+        earliest = self._round_started + self.params.min_round_s
+        if now < earliest:
+            self.deadline = earliest
+            return []
+        return self._aggregate(now)
 
     def _aggregate(self, now: float) -> list[Effect]:
         assert self.trained is not None
@@ -615,7 +627,7 @@ class NodeCore:
             self.phase = "done"
             effects.append(Done())
             return effects
-        effects.extend(self._begin_training())
+        effects.extend(self._begin_training(now))
         return effects
 
     # ----------------------------------------------------------------- standing

@@ -128,6 +128,7 @@ class Daemon:
             rule="fedavg" if opts.attack else cfg.robust.rule,
             num_byzantine=cfg.robust.num_byzantine,
             round_timeout_s=cfg.round.timeout_s,
+            min_round_s=cfg.round.min_interval_s,
             max_updates=cfg.round.max_updates,
             max_staleness=cfg.round.max_staleness,
             min_reputation=cfg.robust.min_reputation,

@@ -1,0 +1,855 @@
+"""The poisoning matrix: attacks x robust rules x malicious share x data partition.
+
+Every cell is one :class:`simulator.engine.Simulation` (real node cores, signed blocks, JAX
+training) on a random k-regular topology. Cells are frozen dataclasses with a stable
+:attr:`Cell.key`; a finished cell is appended to ``results.csv`` at once (flush + fsync) with its
+accuracy curve in ``curves.jsonl``, so an interrupted run loses at most the cell in progress and
+``--resume`` skips every cell already in the CSV.
+
+Matrices (:func:`build_cells`):
+
+* ``mlp``: MNIST + MLP, every attack x every rule of ``RULES`` + ``default`` x malicious share
+  {0, 0.1, 0.2, 0.3, 0.4} x partition {iid, dirichlet:0.5, dirichlet:0.1}. A share of 0 has no
+  attacker, so it is only run with attack ``none`` (the clean baseline of every heatmap), and
+  ``none`` is only run at share 0.
+* ``lenet``: MNIST + LeNet-5 on the slice that matters most: every attack x {fedavg, default,
+  the three best other rules} x {0, 0.3} x dirichlet:0.5.
+* ``goal``: the cells behind the issue's goals (MNIST MLP, dirichlet:0.5, 30 % malicious, every
+  attack) for the candidate default rules.
+* ``paper``: the DFL paper's own setting (10 nodes, average degree 4 on an Erdos-Renyi graph,
+  one malicious node running the paper's attack), partitions iid / dirichlet:1.0 /
+  dirichlet:0.1 / shards:2, fedavg vs the ``dfl`` rule.
+* ``quick``: digits + MLP, a few rules and attacks at {0, 0.3}, dirichlet:0.5 (< 10 minutes).
+
+Run with ``dfl bench poisoning`` (see ``--help``) or ``python -m benchmarks.poisoning``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ATTACK_NAMES",
+    "CSV_COLUMNS",
+    "LENET_RULES",
+    "SHARES",
+    "Cell",
+    "HParams",
+    "build_cells",
+    "done_keys",
+    "matrix_rules",
+    "plot_all",
+    "read_rows",
+    "render_markdown",
+    "run_cells",
+    "write_results_section",
+]
+
+#: Attacks of the matrix (issue 6), in table order.
+ATTACK_NAMES: tuple[str, ...] = (
+    "none",
+    "label_flip",
+    "sign_flip",
+    "gaussian",
+    "scaling",
+    "alie",
+    "ipm",
+    "min_max",
+    "min_sum",
+    "dfl_random",
+    "free_rider",
+    "backdoor",
+)
+SHARES: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4)
+PARTITIONS: tuple[str, ...] = ("iid", "dirichlet:0.5", "dirichlet:0.1")
+PAPER_PARTITIONS: tuple[str, ...] = ("iid", "dirichlet:1.0", "dirichlet:0.1", "shards:2")
+#: Rules of the LeNet slice: fedavg, default and the three best other rules of the MLP goal cells
+#: (benchmarks/RESULTS.md, "Poisoning").
+LENET_RULES: tuple[str, ...] = ("fedavg", "default", "trimmed_mean", "balance_median", "median")
+#: Candidate default rules compared on the goal cells.
+GOAL_RULES: tuple[str, ...] = (
+    "fedavg",
+    "cclip",
+    "scclip",
+    "balance",
+    "dfl",
+    "ubar",
+    "multi_krum",
+    "trimmed_mean",
+    "median",
+    "balance_median",
+    "balance_trimmed",
+)
+QUICK_RULES: tuple[str, ...] = ("fedavg", "default", "trimmed_mean", "balance")
+QUICK_ATTACKS: tuple[str, ...] = ("none", "sign_flip", "alie", "label_flip", "backdoor")
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "key",
+    "matrix",
+    "dataset",
+    "model",
+    "partition",
+    "nodes",
+    "topology",
+    "degree",
+    "malicious",
+    "malicious_nodes",
+    "attack",
+    "rule",
+    "rule_resolved",
+    "seed",
+    "rounds",
+    "lr",
+    "local_epochs",
+    "batch_size",
+    "honest_accuracy_mean",
+    "honest_accuracy_min",
+    "backdoor_asr",
+    "wall_seconds",
+    "train_seconds",
+    "workers",
+    "finished_utc",
+    "note",
+)
+
+
+@dataclass(frozen=True)
+class HParams:
+    """Training settings of one model (chosen by measurement, see RESULTS.md)."""
+
+    rounds: int
+    lr: float
+    local_epochs: int
+    batch_size: int = 32
+
+
+#: Per (dataset, model): MNIST MLP measured at 20 nodes, dirichlet:0.5, no attack (RESULTS.md).
+HPARAMS: dict[tuple[str, str], HParams] = {
+    ("mnist", "mlp"): HParams(rounds=20, lr=0.3, local_epochs=1),
+    ("mnist", "lenet"): HParams(rounds=20, lr=0.05, local_epochs=1),
+    ("digits", "mlp"): HParams(rounds=12, lr=0.1, local_epochs=2),
+    ("digits", "logreg"): HParams(rounds=3, lr=0.1, local_epochs=1),
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One simulation of the matrix; :attr:`key` identifies it in the CSV."""
+
+    matrix: str
+    dataset: str
+    model: str
+    partition: str
+    malicious: float  # share (< 1) or count (>= 1) of malicious nodes
+    attack: str
+    rule: str
+    seed: int = 0
+    nodes: int = 20
+    topology: str = "k_regular"
+    degree: int = 4
+    rounds: int = 20
+    lr: float = 0.1
+    local_epochs: int = 1
+    batch_size: int = 32
+    eval_samples: int = 500
+
+    @property
+    def rule_resolved(self) -> str:
+        """The registry name the rule runs as (``default`` -> ``DEFAULT_RULE``)."""
+        from dfl.node.compute import DEFAULT_RULE
+
+        return DEFAULT_RULE if self.rule == "default" else self.rule
+
+    @property
+    def key(self) -> str:
+        """Stable id: every field that changes the result (``default`` names its rule)."""
+        rule = f"default={self.rule_resolved}" if self.rule == "default" else self.rule
+        return "/".join(
+            (
+                self.dataset,
+                self.model,
+                self.partition,
+                f"n{self.nodes}",
+                f"{self.topology}{self.degree}",
+                f"m{self.malicious:g}",
+                self.attack,
+                rule,
+                f"s{self.seed}",
+                f"r{self.rounds}",
+                f"lr{self.lr:g}",
+                f"e{self.local_epochs}",
+                f"b{self.batch_size}",
+            )
+        )
+
+    def scenario(self, workers: int = 1) -> Any:
+        """The simulator scenario of this cell."""
+        from simulator.scenario import Scenario
+
+        return Scenario(
+            name=f"poisoning-{self.attack}-{self.rule}"[:60],
+            nodes=self.nodes,
+            rounds=self.rounds,
+            topology=self.topology,
+            degree=self.degree,
+            dataset=self.dataset,
+            model=self.model,
+            partition=self.partition,
+            rule=self.rule,
+            attack=self.attack,
+            malicious=self.malicious,
+            seed=self.seed,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            local_epochs=self.local_epochs,
+            workers=workers,
+            eval_samples=self.eval_samples,
+        )
+
+
+def matrix_rules() -> tuple[str, ...]:
+    """Every registered rule plus ``default``."""
+    from dfl.learning.robust import RULES
+
+    return (*RULES, "default")
+
+
+def _cell(
+    matrix: str,
+    dataset: str,
+    model: str,
+    partition: str,
+    share: float,
+    attack: str,
+    rule: str,
+    seed: int,
+    **kw: Any,
+) -> Cell:
+    hp = HPARAMS[(dataset, model)]
+    base: dict[str, Any] = {
+        "rounds": hp.rounds,
+        "lr": hp.lr,
+        "local_epochs": hp.local_epochs,
+        "batch_size": hp.batch_size,
+    }
+    base.update(kw)
+    return Cell(matrix, dataset, model, partition, share, attack, rule, seed, **base)
+
+
+def _attack_share_pairs(
+    attacks: Sequence[str], shares: Sequence[float]
+) -> Iterable[tuple[str, float]]:
+    """Share 0 only with attack ``none``; ``none`` only at share 0."""
+    for share in shares:
+        for attack in attacks:
+            if (share == 0) == (attack == "none"):
+                yield attack, share
+
+
+def build_cells(
+    subset: str = "all",
+    *,
+    seeds: Sequence[int] = (0,),
+    rules: Sequence[str] | None = None,
+    attacks: Sequence[str] | None = None,
+) -> list[Cell]:
+    """The cells of ``subset`` (``all`` = mlp + lenet + paper; or mlp, lenet, goal, paper, quick).
+
+    ``rules`` / ``attacks`` restrict the chosen subset (None = the subset's own lists).
+    """
+    known = ("all", "mlp", "lenet", "goal", "paper", "quick")
+    if subset not in known:
+        raise ValueError(f"unknown subset {subset!r} (known: {', '.join(known)})")
+    parts = ("mlp", "lenet", "paper") if subset == "all" else (subset,)
+    out: list[Cell] = []
+
+    def keep_rule(r: str) -> bool:
+        return rules is None or r in rules
+
+    def pick_attacks(default: Sequence[str]) -> list[str]:
+        return [a for a in default if attacks is None or a in attacks]
+
+    for part in parts:
+        for seed in seeds:
+            if part == "mlp":
+                for partition in PARTITIONS:
+                    for attack, share in _attack_share_pairs(pick_attacks(ATTACK_NAMES), SHARES):
+                        for rule in matrix_rules():
+                            if keep_rule(rule):
+                                out.append(
+                                    _cell(
+                                        "mlp", "mnist", "mlp", partition, share, attack, rule, seed
+                                    )
+                                )
+            elif part == "lenet":
+                for attack, share in _attack_share_pairs(pick_attacks(ATTACK_NAMES), (0.0, 0.3)):
+                    for rule in LENET_RULES:
+                        if keep_rule(rule):
+                            out.append(
+                                _cell(
+                                    "lenet",
+                                    "mnist",
+                                    "lenet",
+                                    "dirichlet:0.5",
+                                    share,
+                                    attack,
+                                    rule,
+                                    seed,
+                                )
+                            )
+            elif part == "goal":
+                for attack, share in _attack_share_pairs(pick_attacks(ATTACK_NAMES), (0.0, 0.3)):
+                    for rule in GOAL_RULES:
+                        if keep_rule(rule):
+                            out.append(
+                                _cell(
+                                    "goal",
+                                    "mnist",
+                                    "mlp",
+                                    "dirichlet:0.5",
+                                    share,
+                                    attack,
+                                    rule,
+                                    seed,
+                                )
+                            )
+            elif part == "paper":
+                for partition in PAPER_PARTITIONS:
+                    for attack, share in (("none", 0.0), ("dfl_random", 1.0)):
+                        if attacks is not None and attack not in attacks:
+                            continue
+                        for rule in ("fedavg", "dfl"):
+                            if keep_rule(rule):
+                                out.append(
+                                    _cell(
+                                        "paper",
+                                        "mnist",
+                                        "mlp",
+                                        partition,
+                                        share,
+                                        attack,
+                                        rule,
+                                        seed,
+                                        nodes=10,
+                                        topology="erdos_renyi",
+                                        degree=4,
+                                    )
+                                )
+            else:  # quick
+                for attack, share in _attack_share_pairs(pick_attacks(QUICK_ATTACKS), (0.0, 0.3)):
+                    for rule in QUICK_RULES:
+                        if keep_rule(rule):
+                            out.append(
+                                _cell(
+                                    "quick",
+                                    "digits",
+                                    "mlp",
+                                    "dirichlet:0.5",
+                                    share,
+                                    attack,
+                                    rule,
+                                    seed,
+                                    eval_samples=360,
+                                )
+                            )
+    seen: set[str] = set()
+    unique = []
+    for c in out:
+        if c.key not in seen:
+            seen.add(c.key)
+            unique.append(c)
+    return unique
+
+
+# ----------------------------------------------------------------------------- CSV and curves
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """Rows of a results CSV (empty if missing); a torn last line (killed run) is dropped."""
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return [r for r in rows if r.get("finished_utc")]
+
+
+def done_keys(path: Path) -> set[str]:
+    """Keys of the cells already in the CSV."""
+    return {r["key"] for r in read_rows(path)}
+
+
+def _append_line(path: Path, text: str) -> None:
+    with path.open("a", encoding="utf-8", newline="") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _append_row(path: Path, row: dict[str, Any]) -> None:
+    import io
+
+    new = not path.exists() or path.stat().st_size == 0
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    if new:
+        writer.writeheader()
+    writer.writerow({k: row.get(k, "") for k in CSV_COLUMNS})
+    _append_line(path, buf.getvalue())
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.6g}"
+
+
+def run_cell(cell: Cell, workers: int = 1) -> tuple[dict[str, Any], list[list[float]]]:
+    """Run one cell; return its CSV row and its honest accuracy curve."""
+    from simulator.engine import Simulation
+
+    sim = Simulation(cell.scenario(workers))
+    result = sim.run()
+    try:
+        s = result.summary
+        row: dict[str, Any] = {
+            "key": cell.key,
+            "matrix": cell.matrix,
+            "dataset": cell.dataset,
+            "model": cell.model,
+            "partition": cell.partition,
+            "nodes": cell.nodes,
+            "topology": cell.topology,
+            "degree": cell.degree,
+            "malicious": f"{cell.malicious:g}",
+            "malicious_nodes": s["malicious"],
+            "attack": cell.attack,
+            "rule": cell.rule,
+            "rule_resolved": cell.rule_resolved,
+            "seed": cell.seed,
+            "rounds": cell.rounds,
+            "lr": f"{cell.lr:g}",
+            "local_epochs": cell.local_epochs,
+            "batch_size": cell.batch_size,
+            "honest_accuracy_mean": _fmt(s["honest_accuracy_mean"]),
+            "honest_accuracy_min": _fmt(s["honest_accuracy_min"]),
+            "backdoor_asr": _fmt(s.get("backdoor_asr")),
+            "wall_seconds": f"{s['wall_seconds']:.1f}",
+            "train_seconds": f"{s['train_seconds']:.1f}",
+            "workers": s.get("workers", workers),
+            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "note": "",
+        }
+        curve = [[float(v) for v in c] for c in result.accuracy_curve]
+    finally:
+        result.close()
+    return row, curve
+
+
+def _reusable_default(cell: Cell, rows: dict[str, dict[str, str]]) -> dict[str, str] | None:
+    """A ``default`` cell is the same run as its resolved rule: reuse a finished one."""
+    if cell.rule != "default":
+        return None
+    from dataclasses import replace
+
+    twin = replace(cell, rule=cell.rule_resolved)
+    return rows.get(twin.key)
+
+
+def run_cells(
+    cells: Sequence[Cell],
+    out_dir: Path,
+    *,
+    resume: bool = True,
+    workers: int = 1,
+    deadline: float | None = None,
+    on_start: Callable[[Cell, int, int], None] | None = None,
+    on_done: Callable[[Cell, dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run the cells not yet in ``out_dir/results.csv``; append each as it finishes.
+
+    Without ``resume`` an existing CSV is moved aside (``results.csv.bak-<time>``) first.
+    ``deadline`` (``time.time()`` value): start no new cell after it. Returns the new rows.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "results.csv"
+    curves = out_dir / "curves.jsonl"
+    if not resume:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for p in (path, curves):
+            if p.exists():
+                p.rename(p.with_name(f"{p.name}.bak-{stamp}"))
+    by_key = {r["key"]: r for r in read_rows(path)}
+    todo = [c for c in cells if c.key not in by_key]
+    new_rows: list[dict[str, Any]] = []
+    for k, cell in enumerate(todo):
+        if deadline is not None and time.time() > deadline:
+            break
+        if on_start is not None:
+            on_start(cell, k, len(todo))
+        twin = _reusable_default(cell, by_key)
+        if twin is not None:
+            row: dict[str, Any] = dict(twin)
+            row.update(
+                key=cell.key,
+                matrix=cell.matrix,
+                rule="default",
+                finished_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                note=f"same deterministic run as rule {cell.rule_resolved}",
+            )
+            curve = _read_curves(curves).get(twin["key"], [])
+        else:
+            row, curve = run_cell(cell, workers)
+        _append_line(curves, json.dumps({"key": cell.key, "curve": curve}) + "\n")
+        _append_row(path, row)
+        by_key[cell.key] = {k2: str(v) for k2, v in row.items()}
+        new_rows.append(row)
+        if on_done is not None:
+            on_done(cell, row)
+    return new_rows
+
+
+def _read_curves(path: Path) -> dict[str, list[list[float]]]:
+    out: dict[str, list[list[float]]] = {}
+    if not path.exists():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError:  # torn last line of a killed run
+            continue
+        out[d["key"]] = d["curve"]
+    return out
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+def _num(s: str | None) -> float | None:
+    if s is None or s == "":
+        return None
+    return float(s)
+
+
+Group = tuple[str, str, str, str, str]  # matrix, dataset, model, partition, malicious
+
+
+def _grid(
+    rows: Sequence[dict[str, str]], metric: str = "honest_accuracy_mean"
+) -> dict[Group, dict[tuple[str, str], float]]:
+    """(matrix, dataset, model, partition, share) -> (attack, rule) -> metric mean over seeds.
+
+    The share-0 ``none`` cells are also shown as the ``none`` column of every other share.
+    """
+    acc: dict[Group, dict[tuple[str, str], list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        v = _num(r.get(metric))
+        if v is None:
+            continue
+        g = (r["matrix"], r["dataset"], r["model"], r["partition"], r["malicious"])
+        acc[g][(r["attack"], r["rule"])].append(v)
+    out: dict[Group, dict[tuple[str, str], float]] = {}
+    for g, lists in acc.items():
+        out[g] = {k: sum(v) / len(v) for k, v in lists.items()}
+    for g, means in list(out.items()):
+        if g[4] != "0":
+            base = out.get((*g[:4], "0"), {})
+            for (attack, rule), mean in base.items():
+                if attack == "none":
+                    means.setdefault(("none", rule), mean)
+    return out
+
+
+def _order(values: Iterable[str], reference: Sequence[str]) -> list[str]:
+    vals = set(values)
+    first = [v for v in dict.fromkeys(reference) if v in vals]
+    return first + sorted(vals - set(first))
+
+
+def _rule_order(rules: Iterable[str]) -> list[str]:
+    from dfl.learning.robust import RULES
+
+    return _order(rules, ("fedavg", "default", *GOAL_RULES, *RULES))
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def plot_all(out_dir: Path) -> list[Path]:
+    """Heatmaps (rule x attack per share and partition) and accuracy curves, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_rows(out_dir / "results.csv")
+    curves = _read_curves(out_dir / "curves.jsonl")
+    plots = out_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    written: list[Path] = []
+    grid = _grid(rows)
+    for g, cells in sorted(grid.items()):
+        if g[4] == "0" and any(h[:4] == g[:4] and h[4] != "0" for h in grid):
+            continue  # the clean baseline is the 'none' column of the other shares
+        attacks = _order({a for a, _ in cells}, ATTACK_NAMES)
+        rules = _rule_order({r for _, r in cells})
+        data = [[cells.get((a, r), math.nan) * 100 for a in attacks] for r in rules]
+        fig, ax = plt.subplots(
+            figsize=(1.0 + 0.75 * len(attacks), 1.2 + 0.38 * len(rules)), dpi=110
+        )
+        im = ax.imshow(data, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
+        ax.set_xticks(range(len(attacks)), attacks, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(rules)), rules, fontsize=8)
+        for yi, line in enumerate(data):
+            for xi, v in enumerate(line):
+                if not math.isnan(v):
+                    ax.text(xi, yi, f"{v:.0f}", ha="center", va="center", fontsize=7)
+        ax.set_title(
+            f"honest mean accuracy (%): {g[1]}/{g[2]}, {g[3]}, malicious {g[4]} ({g[0]})",
+            fontsize=8,
+        )
+        fig.colorbar(im, ax=ax, fraction=0.03)
+        fig.tight_layout()
+        name = f"heatmap_{g[0]}_{g[1]}_{g[2]}_{g[3].replace(':', '')}_m{g[4]}.png"
+        fig.savefig(plots / name)
+        plt.close(fig)
+        written.append(plots / name)
+    # accuracy curves: one panel per attack, one line per rule
+    groups: dict[Group, list[dict[str, str]]] = defaultdict(list)
+    for r in rows:
+        groups[(r["matrix"], r["dataset"], r["model"], r["partition"], r["malicious"])].append(r)
+    for g, grows in sorted(groups.items()):
+        attacks = _order({r["attack"] for r in grows}, ATTACK_NAMES)
+        rules = _rule_order({r["rule"] for r in grows})
+        cols = min(4, len(attacks))
+        nrows = math.ceil(len(attacks) / cols)
+        fig, axes = plt.subplots(
+            nrows, cols, figsize=(3.2 * cols, 2.4 * nrows), dpi=100, squeeze=False
+        )
+        for ax, attack in zip(axes.flat, attacks, strict=False):
+            for ri, rule in enumerate(rules):
+                for r in grows:
+                    if (
+                        r["attack"] == attack
+                        and r["rule"] == rule
+                        and r["seed"] == grows[0]["seed"]
+                    ):
+                        c = curves.get(r["key"], [])
+                        if c:
+                            ax.plot(
+                                [p[0] + 1 for p in c],
+                                [p[1] for p in c],
+                                label=rule,
+                                color=f"C{ri % 10}",
+                                lw=1.2,
+                            )
+            ax.set_title(attack, fontsize=8)
+            ax.set_ylim(0, 1)
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=7)
+        for ax in list(axes.flat)[len(attacks) :]:
+            ax.axis("off")
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=7)
+        fig.suptitle(
+            f"honest mean accuracy per round: {g[1]}/{g[2]}, {g[3]}, malicious {g[4]} ({g[0]})",
+            fontsize=9,
+        )
+        fig.tight_layout(rect=(0, 0.06, 1, 0.97))
+        name = f"curves_{g[0]}_{g[1]}_{g[2]}_{g[3].replace(':', '')}_m{g[4]}.png"
+        fig.savefig(plots / name)
+        plt.close(fig)
+        written.append(plots / name)
+    return written
+
+
+# ----------------------------------------------------------------------------- markdown
+
+
+def machine() -> str:
+    """``CPU model, nproc=N, OS, Python`` of this machine."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, nproc={os.cpu_count()}, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def _pct(v: float | None) -> str:
+    return "" if v is None or math.isnan(v) else f"{100 * v:.1f}"
+
+
+def _table(
+    cells: dict[tuple[str, str], float],
+    mins: dict[tuple[str, str], float],
+    asr: dict[tuple[str, str], float],
+) -> str:
+    attacks = _order({a for a, _ in cells}, ATTACK_NAMES)
+    rules = _rule_order({r for _, r in cells})
+    head = "| attack | " + " | ".join(rules) + " |\n|---|" + "---:|" * len(rules) + "\n"
+    lines = []
+    for a in attacks:
+        vals = []
+        for r in rules:
+            v = cells.get((a, r))
+            s = _pct(v)
+            m = mins.get((a, r))
+            if s and m is not None:
+                s += f" ({_pct(m)})"
+            vals.append(s)
+        lines.append(f"| {a} | " + " | ".join(vals) + " |")
+        if a == "backdoor" and any((a, r) in asr for r in rules):
+            lines.append(
+                "| backdoor ASR | " + " | ".join(_pct(asr.get((a, r))) for r in rules) + " |"
+            )
+    return head + "\n".join(lines) + "\n"
+
+
+def render_markdown(rows: Sequence[dict[str, str]], *, default_rule: str | None = None) -> str:
+    """Tables of ``rows``: honest mean (min) accuracy in % per attack x rule, per group."""
+    if default_rule is None:
+        from dfl.node.compute import DEFAULT_RULE
+
+        default_rule = DEFAULT_RULE
+    means = _grid(rows)
+    mins = _grid(rows, "honest_accuracy_min")
+    asr = _grid(rows, "backdoor_asr")
+    parts = []
+    titles = {
+        "goal": "Goal cells",
+        "mlp": "MNIST MLP matrix",
+        "lenet": "MNIST LeNet slice",
+        "paper": "DFL paper setting",
+        "quick": "Quick mode",
+    }
+    for g in sorted(means, key=lambda g: (list(titles).index(g[0]) if g[0] in titles else 9, g)):
+        if g[4] == "0" and any(h[:4] == g[:4] and h[4] != "0" for h in means):
+            continue
+        sample = next(
+            r for r in rows if (r["matrix"], r["dataset"], r["model"], r["partition"]) == g[:4]
+        )
+        n_cells = sum(
+            1
+            for r in rows
+            if (r["matrix"], r["dataset"], r["model"], r["partition"], r["malicious"]) == g
+        )
+        parts.append(
+            f"**{titles.get(g[0], g[0])}: {g[1]} / {g[2]}, {g[3]}, {sample['nodes']} nodes "
+            f"({sample['topology']}, degree {sample['degree']}), malicious {g[4]}, "
+            f"{sample['rounds']} rounds, lr {sample['lr']}, {sample['local_epochs']} local "
+            f"epoch(s)** ({n_cells} cells at this share)\n\n"
+            + _table(means[g], mins.get(g, {}), asr.get(g, {}))
+        )
+    body = "\n".join(parts)
+    return (
+        "Cells: honest mean accuracy in % on the full test set after the last round "
+        f"(honest minimum in parentheses); `default` = `{default_rule}`. The `none` row of a "
+        "share > 0 is the clean run (share 0).\n\n" + body
+    )
+
+
+def goal_report(rows: Sequence[dict[str, str]], default_rule: str) -> str:
+    """Check the issue's goals on the goal slice (MNIST MLP, dirichlet:0.5, 30 %)."""
+
+    def pick(attack: str, rule: str, share: str) -> dict[str, str] | None:
+        for r in rows:
+            if (
+                r["dataset"] == "mnist"
+                and r["model"] == "mlp"
+                and r["partition"] == "dirichlet:0.5"
+                and r["nodes"] == "20"
+                and r["malicious"] == share
+                and r["attack"] == attack
+                and r["rule_resolved"] == rule
+            ):
+                return r
+        return None
+
+    lines = []
+    misses = []
+    for attack in ATTACK_NAMES:
+        r = pick(attack, default_rule, "0" if attack == "none" else "0.3")
+        if r is None:
+            misses.append(f"{attack} (not run)")
+            continue
+        if float(r["honest_accuracy_mean"]) < 0.95:
+            misses.append(f"{attack} {100 * float(r['honest_accuracy_mean']):.1f} %")
+    lines.append(
+        f"- Default rule (`{default_rule}`) >= 95 % honest mean accuracy on MNIST dirichlet:0.5 "
+        "with 30 % malicious, every attack: "
+        + ("**met**" if not misses else "**missed**: " + ", ".join(misses))
+    )
+    d, f = pick("none", default_rule, "0"), pick("none", "fedavg", "0")
+    if d and f:
+        gap = 100 * (float(f["honest_accuracy_mean"]) - float(d["honest_accuracy_mean"]))
+        lines.append(
+            f"- No attack, default within 1 point of fedavg: "
+            f"{100 * float(d['honest_accuracy_mean']):.1f} % vs "
+            f"{100 * float(f['honest_accuracy_mean']):.1f} % "
+            f"(gap {gap:+.1f} points): **{'met' if gap <= 1.0 else 'missed'}**"
+        )
+    b, bf = pick("backdoor", default_rule, "0.3"), pick("backdoor", "fedavg", "0.3")
+    if b and bf:
+        lines.append(
+            f"- Backdoor ASR at 30 %: default {_pct(_num(b['backdoor_asr']))} % vs undefended "
+            f"fedavg {_pct(_num(bf['backdoor_asr']))} %"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_results_section(
+    rows: Sequence[dict[str, str]],
+    *,
+    command: str,
+    notes: str = "",
+    path: Path | None = None,
+) -> Path:
+    """Update the ``## Poisoning`` section of ``benchmarks/RESULTS.md``."""
+    from benchmarks._results import RESULTS, update_section
+    from dfl.node.compute import DEFAULT_RULE
+
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    md = (
+        f"Command: `{command}`  \n"
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  \n"
+        f"Machine: {machine()}  \n"
+        f"Load average when written: {load} (shared machine)  \n"
+        f"Cells in the CSV: {len(rows)}\n\n"
+        + (notes.strip() + "\n\n" if notes else "")
+        + "### Goals\n\n"
+        + goal_report(rows, DEFAULT_RULE)
+        + "\n### Tables\n\n"
+        + render_markdown(rows)
+    )
+    return update_section("Poisoning", md, path or RESULTS)
+
+
+def cell_fields() -> list[str]:
+    return [f.name for f in fields(Cell)]
+
+
+def cell_dict(cell: Cell) -> dict[str, Any]:
+    return asdict(cell)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    from dfl.commands.bench import bench
+
+    bench.main(["poisoning", *sys.argv[1:]], prog_name="python -m benchmarks.poisoning")

@@ -1,0 +1,194 @@
+"""`dfl bench ...`: benchmarks run through the simulator.
+
+Each benchmark is one command of the :func:`bench` group; adding one is one decorated function
+(``@bench.command("name")``) that imports its ``benchmarks.<name>`` module lazily.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import click
+
+__all__ = ["bench"]
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: poisoning matrix (attacks x robust rules x malicious share x partition)."""
+
+
+def _csv_list(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    return items or None
+
+
+@bench.command("poisoning")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Small subset (digits, 4 rules, 5 attacks, shares 0/0.3; < 10 min on 2 cores).",
+)
+@click.option("--paper", is_flag=True, help="Only the DFL paper's own setting (10 nodes, 1 bad).")
+@click.option(
+    "--subset",
+    type=click.Choice(["all", "mlp", "lenet", "goal", "paper", "quick"]),
+    default=None,
+    help="Which cells: all (= mlp + lenet + paper, hours), or one part; default all.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output directory (results.csv, curves.jsonl, plots/); default runs/bench-poisoning.",
+)
+@click.option("--resume", is_flag=True, help="Skip the cells already in DIR/results.csv.")
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
+@click.option("--rules", default=None, help="Comma-separated rules to keep (default: all).")
+@click.option("--attacks", default=None, help="Comma-separated attacks to keep (default: all).")
+@click.option(
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Worker processes per simulation (1 = in-process).",
+)
+@click.option(
+    "--max-minutes",
+    type=float,
+    default=None,
+    help="Start no new cell after this many minutes (finished cells stay; --resume continues).",
+)
+@click.option("--dry-run", is_flag=True, help="List the cells and exit.")
+@click.option(
+    "--results-md/--no-results-md",
+    default=None,
+    help="Update the Poisoning section of benchmarks/RESULTS.md (default: on, off with --quick).",
+)
+def poisoning(
+    quick: bool,
+    paper: bool,
+    subset: str | None,
+    out_dir: Path | None,
+    resume: bool,
+    seeds: str,
+    rules: str | None,
+    attacks: str | None,
+    workers: int,
+    max_minutes: float | None,
+    dry_run: bool,
+    results_md: bool | None,
+) -> None:
+    """Run the poisoning matrix through the simulator (resumable cell by cell)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from benchmarks import poisoning as P
+    from dfl.errors import UsageError
+
+    if sum((quick, paper, subset is not None)) > 1:
+        raise UsageError("choose one of --quick, --paper and --subset")
+    which = "quick" if quick else "paper" if paper else (subset or "all")
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
+    rule_list, attack_list = _csv_list(rules), _csv_list(attacks)
+    _check_names(rule_list, attack_list)
+    cells = P.build_cells(which, seeds=seed_list, rules=rule_list, attacks=attack_list)
+    out = out_dir or Path("runs") / f"bench-poisoning-{which}"
+    console = Console()
+    done = P.done_keys(out / "results.csv") if resume else set()
+    todo = [c for c in cells if c.key not in done]
+    if quick:
+        console.print(
+            "[bold]quick mode[/]: digits (1,437 training images) + MLP, 20 nodes k-regular(4), "
+            f"{P.HPARAMS[('digits', 'mlp')].rounds} rounds, rules {', '.join(P.QUICK_RULES)}, "
+            f"attacks {', '.join(P.QUICK_ATTACKS)}, shares 0 / 0.3, dirichlet:0.5 -- a smoke "
+            "test of the matrix, not the MNIST result."
+        )
+    console.print(
+        f"{len(cells)} cells ({which}), {len(cells) - len(todo)} already in "
+        f"{out / 'results.csv'}, {len(todo)} to run"
+    )
+    if dry_run:
+        for c in todo:
+            click.echo(c.key)
+        return
+    deadline = time.time() + 60 * max_minutes if max_minutes else None
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("cells", total=len(todo))
+
+        def on_start(cell: P.Cell, k: int, n: int) -> None:
+            progress.update(
+                task,
+                description=(
+                    f"{cell.dataset}/{cell.model} {cell.partition} m={cell.malicious:g} "
+                    f"{cell.attack} x {cell.rule}"
+                ),
+            )
+
+        def on_done(cell: P.Cell, row: dict[str, object]) -> None:
+            progress.advance(task)
+            asr = f" asr {row['backdoor_asr']}" if row.get("backdoor_asr") else ""
+            progress.console.print(
+                f"{cell.attack:>10} x {cell.rule:<15} m={cell.malicious:<4g} {cell.partition:<14}"
+                f" acc {row['honest_accuracy_mean']} (min {row['honest_accuracy_min']}){asr}"
+                f" {row['wall_seconds']}s"
+            )
+
+        P.run_cells(
+            cells,
+            out,
+            resume=resume,
+            workers=workers,
+            deadline=deadline,
+            on_start=on_start,
+            on_done=on_done,
+        )
+    rows = P.read_rows(out / "results.csv")
+    plots = P.plot_all(out)
+    md = P.render_markdown(rows)
+    (out / "summary.md").write_text(md, encoding="utf-8")
+    console.print(md, markup=False, highlight=False)
+    left = [c for c in cells if c.key not in {r["key"] for r in rows}]
+    if left:
+        console.print(f"{len(left)} cells not run yet; rerun with --resume to continue")
+    if results_md if results_md is not None else not quick:
+        command = "dfl bench poisoning " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+        path = P.write_results_section(rows, command=command.strip())
+        console.print(f"updated {path}")
+    console.print(f"wrote {out}/results.csv, curves.jsonl, summary.md, {len(plots)} plots")
+
+
+def _check_names(rules: list[str] | None, attacks: list[str] | None) -> None:
+    from dfl.errors import UsageError
+    from dfl.learning.attacks import ATTACKS
+    from dfl.learning.robust import RULES
+
+    for r in rules or ():
+        if r != "default" and r not in RULES:
+            raise UsageError(f"unknown rule {r!r} (known: default, {', '.join(sorted(RULES))})")
+    for a in attacks or ():
+        if a not in ATTACKS:
+            raise UsageError(f"unknown attack {a!r} (known: {', '.join(sorted(ATTACKS))})")

@@ -1,0 +1,165 @@
+"""The poisoning matrix: cell lists and keys, CSV resume, plots, markdown (tiny digits runs)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from benchmarks import poisoning as P
+from dfl.cli import main
+from dfl.learning.attacks import ATTACKS
+from dfl.learning.robust import RULES
+
+
+def test_full_matrix_size_and_keys() -> None:
+    rules = len(RULES) + 1  # + default
+    attacked = len(P.ATTACK_NAMES) - 1
+    mlp = P.build_cells("mlp")
+    # share 0 only with "none", "none" only at share 0
+    assert len(mlp) == len(P.PARTITIONS) * rules * (1 + attacked * (len(P.SHARES) - 1))
+    assert {c.attack for c in mlp} == set(P.ATTACK_NAMES)
+    assert {c.rule for c in mlp} == {*RULES, "default"}
+    assert {c.malicious for c in mlp} == set(P.SHARES)
+    assert all(c.nodes >= 20 and c.topology == "k_regular" for c in mlp)
+    assert all((c.malicious == 0) == (c.attack == "none") for c in mlp)
+    lenet = P.build_cells("lenet")
+    assert len(lenet) == len(P.LENET_RULES) * (1 + attacked)
+    assert {c.model for c in lenet} == {"lenet"} and {c.malicious for c in lenet} == {0.0, 0.3}
+    assert {"fedavg", "default"} <= {c.rule for c in lenet} and len(set(P.LENET_RULES)) == 5
+    paper = P.build_cells("paper")
+    assert len(paper) == 4 * 2 * 2 and {c.nodes for c in paper} == {10}
+    assert {c.rule for c in paper} == {"fedavg", "dfl"}
+    everything = P.build_cells("all", seeds=(0, 1))
+    assert len(everything) == 2 * (len(mlp) + len(lenet) + len(paper))
+    keys = [c.key for c in everything]
+    assert len(set(keys)) == len(keys)
+    # keys are stable strings naming what changes the result; default names its rule
+    assert P.build_cells("mlp")[0].key == mlp[0].key
+    default = next(c for c in mlp if c.rule == "default")
+    assert f"default={default.rule_resolved}" in default.key
+    assert all(a in ATTACKS for a in P.ATTACK_NAMES)
+    assert all(r in RULES for r in (*P.GOAL_RULES, *P.LENET_RULES) if r != "default")
+    quick = P.build_cells("quick")
+    assert 0 < len(quick) <= 24 and {c.dataset for c in quick} == {"digits"}
+    restricted = P.build_cells("goal", rules=["fedavg"], attacks=["none", "ipm"])
+    assert [(c.attack, c.rule, c.malicious) for c in restricted] == [
+        ("none", "fedavg", 0.0),
+        ("ipm", "fedavg", 0.3),
+    ]
+
+
+def _tiny() -> list[P.Cell]:
+    base = dict(
+        dataset="digits",
+        model="logreg",
+        partition="dirichlet:0.5",
+        nodes=6,
+        degree=2,
+        rounds=2,
+        lr=0.1,
+        local_epochs=1,
+        eval_samples=100,
+    )
+    return [
+        P.Cell("test", malicious=0.0, attack="none", rule="fedavg", **base),  # type: ignore[arg-type]
+        P.Cell("test", malicious=0.34, attack="backdoor", rule="fedavg", **base),  # type: ignore[arg-type]
+        P.Cell("test", malicious=0.34, attack="backdoor", rule="trimmed_mean", **base),  # type: ignore[arg-type]
+    ]
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, object]]]:
+    out = tmp_path_factory.mktemp("poisoning")
+    return out, P.run_cells(_tiny(), out)
+
+
+def test_run_writes_csv_and_resume_does_no_work(
+    ran: tuple[Path, list[dict[str, object]]],
+) -> None:
+    out, first = ran
+    assert len(first) == 3
+    with (out / "results.csv").open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames is not None
+        for col in (
+            "dataset",
+            "model",
+            "partition",
+            "nodes",
+            "malicious",
+            "attack",
+            "rule",
+            "seed",
+            "rounds",
+            "honest_accuracy_mean",
+            "honest_accuracy_min",
+            "backdoor_asr",
+            "wall_seconds",
+        ):
+            assert col in reader.fieldnames
+        rows = list(reader)
+    assert [r["key"] for r in rows] == [c.key for c in _tiny()]
+    assert all(0 <= float(r["honest_accuracy_mean"]) <= 1 for r in rows)
+    assert rows[0]["backdoor_asr"] == "" and 0 <= float(rows[1]["backdoor_asr"]) <= 1
+    # second run: nothing to do, no duplicate rows
+    again = P.run_cells(_tiny(), out, resume=True)
+    assert again == []
+    keys = [r["key"] for r in P.read_rows(out / "results.csv")]
+    assert len(keys) == len(set(keys)) == 3
+    assert P.done_keys(out / "results.csv") == {c.key for c in _tiny()}
+
+
+def test_torn_last_line_is_ignored(tmp_path: Path, ran: tuple[Path, list[object]]) -> None:
+    src = (ran[0] / "results.csv").read_text()
+    torn = tmp_path / "results.csv"
+    torn.write_text(src + src.splitlines()[1][:25])  # a killed run's half-written line
+    assert len(P.read_rows(torn)) == 3
+
+
+def test_default_reuses_its_resolved_rule(tmp_path: Path, ran: tuple[Path, list[object]]) -> None:
+    import shutil
+    from dataclasses import replace
+
+    out = tmp_path / "d"
+    shutil.copytree(ran[0], out)
+    cell = _tiny()[0]
+    default = replace(cell, rule="default")
+    twin = replace(cell, rule=default.rule_resolved)  # pretend the fedavg row ran that rule
+    (out / "results.csv").write_text(
+        (out / "results.csv").read_text().replace(cell.key, twin.key, 1)
+    )
+    new = P.run_cells([default], out)
+    assert len(new) == 1 and "same deterministic run" in str(new[0]["note"])
+    assert (
+        new[0]["honest_accuracy_mean"]
+        == P.read_rows(out / "results.csv")[0]["honest_accuracy_mean"]
+    )
+
+
+def test_plots_and_markdown(ran: tuple[Path, list[object]], tmp_path: Path) -> None:
+    out = ran[0]
+    plots = P.plot_all(out)
+    names = {p.name for p in plots}
+    assert any(n.startswith("heatmap_") for n in names)
+    assert any(n.startswith("curves_") for n in names)
+    assert all(p.stat().st_size > 1000 for p in plots)
+    rows = P.read_rows(out / "results.csv")
+    md = P.render_markdown(rows)
+    assert "| attack | fedavg | trimmed_mean |" in md and "backdoor ASR" in md
+    path = P.write_results_section(rows, command="test", path=tmp_path / "RESULTS.md")
+    text = path.read_text()
+    assert "## Poisoning" in text and "### Goals" in text and "nproc=" in text
+
+
+def test_cli_dry_run_and_resume(ran: tuple[Path, list[object]]) -> None:
+    runner = CliRunner()
+    res = runner.invoke(main, ["bench", "poisoning", "--quick", "--dry-run", "--out", "x"])
+    assert res.exit_code == 0, res.output
+    assert "quick mode" in res.output and "20 cells" in res.output
+    res = runner.invoke(main, ["bench", "poisoning", "--rules", "nope", "--dry-run"])
+    assert res.exit_code == 1 and "unknown rule" in res.output
+    res = runner.invoke(main, ["bench", "poisoning", "--quick", "--paper"])
+    assert res.exit_code == 1
