@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         md = (
             f"Command: `{cmd.strip()}`  \n"
-            f"Date: {time.strftime('%Y-%m-%d')}; machine: {os.cpu_count()} cores, {_cpu_model()}  \n"
+            f"Date: {time.strftime('%Y-%m-%d')}; "
+            f"machine: {os.cpu_count()} cores, {_cpu_model()}  \n"
             f"{args.nodes} daemons on 127.0.0.1, {args.model} on {args.dataset}, "
             f"dirichlet:0.5, rule {args.rule}, {args.rounds} rounds.\n\n{table}\n\n{summary}\n"
         )

@@ -604,7 +604,7 @@ def plot_all(out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(
             figsize=(1.0 + 0.75 * len(attacks), 1.2 + 0.38 * len(rules)), dpi=110
         )
-        im = ax.imshow(data, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
+        im = ax.imshow(data, vmin=50, vmax=100, cmap="RdYlGn", aspect="auto")
         ax.set_xticks(range(len(attacks)), attacks, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(rules)), rules, fontsize=8)
         for yi, line in enumerate(data):

@@ -33,10 +33,12 @@ _data_dir_option = click.option(
 )
 
 
-def _console() -> Console:
+def _console(min_width: int = 0) -> Console:
+    """A console at least ``min_width`` wide, so wide tables are not squeezed when piped."""
     from rich.console import Console
 
-    return Console(soft_wrap=False)
+    console = Console(soft_wrap=False)
+    return Console(soft_wrap=False, width=min_width) if console.width < min_width else console
 
 
 def _human(nbytes: int) -> str:
@@ -165,7 +167,8 @@ def partition_cmd(
             str(int((row > 0).sum())),
             *(str(int(v)) if v else "." for v in row),
         )
-    console = _console()
+    widest = len(str(int(hist.max()))) if hist.size else 1
+    console = _console(24 + ds.num_classes * (max(widest, 2) + 2))
     console.print(table)
     if nodes > max_rows:
         console.print(f"... {nodes - max_rows} more nodes not shown (--max-rows)")

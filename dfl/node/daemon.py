@@ -53,7 +53,7 @@ class DaemonOptions:
     rounds: int | None = None  # rounds to run in this session; None = until stopped
     attack: str | None = None  # make this node deliberately malicious (testbeds)
     linger_s: float = 5.0  # after the last round, keep serving blobs this long
-    status_interval_s: float = 1.0
+    status_interval_s: float = 2.0
 
 
 @dataclass
@@ -159,6 +159,7 @@ class Daemon:
         self._cpu0: tuple[float, float] | None = None  # (process CPU, loop-thread CPU) at start
         self._loop_cpu = 0.0
         self._loop_thread = 0
+        self._deadline_changed = trio.Event()
 
     # ----------------------------------------------------------------- host callbacks
 
@@ -329,6 +330,7 @@ class Daemon:
                 await self.execute(eff, nursery)
             self.status.round = self.core.round
             self.status.phase = self.core.phase
+            self._deadline_changed.set()
 
     async def _gossip_loop(self) -> None:
         assert self.host is not None
@@ -336,12 +338,16 @@ class Daemon:
             await self.events_send.send(C.HeaderReceived(data, origin))
 
     async def _tick_loop(self) -> None:
+        """Send ``Tick`` at the core's deadline; sleeps until then (woken when it changes)."""
         while True:
             dl = self.core.next_deadline()
-            now = time.time()
-            await trio.sleep(0.5 if dl is None else min(0.5, max(0.0, dl - now)))
-            if dl is not None and time.time() >= dl:
+            self._deadline_changed = trio.Event()
+            with trio.move_on_after(3600 if dl is None else max(0.0, dl - time.time())):
+                await self._deadline_changed.wait()
+                continue
+            if dl is not None and dl == self.core.next_deadline():
                 await self.events_send.send(C.Tick())
+                await trio.sleep(0.01)  # let the core consume it before re-reading
 
     async def _peer_loop(self) -> None:
         assert self.host is not None
@@ -356,7 +362,7 @@ class Daemon:
                 await self.events_send.send(C.PeerLeft(p))
             known = now
             self.status.connected = sorted(now)
-            await trio.sleep(1.0)
+            await trio.sleep(2.0)
 
     async def _status_loop(self) -> None:
         while True:
@@ -399,6 +405,7 @@ class Daemon:
             blob_timeout_s=cfg.limits.blob_timeout_s,
             max_peers=cfg.node.max_peers,
             ban_threshold=cfg.limits.penalty_threshold,
+            tick_s=2.0,  # connection maintenance; gossip keeps its own 1 s heartbeat
         )
         if cfg.node.metrics_port >= 0:
             from dfl.node.metrics import Metrics

@@ -156,13 +156,13 @@ def test_centralized_mnist_accuracy() -> None:
     ds = load_dataset("mnist")
     lenet = get_model("lenet", ds.input_shape, ds.num_classes)
     p = lenet.train_local(
-        lenet.init(0), ds.x_train, ds.y_train, epochs=1, batch_size=32, lr=0.02, momentum=0.9,
+        lenet.init(0), ds.x_train, ds.y_train, epochs=1, batch_size=16, lr=0.01, momentum=0.9,
         seed=0,
     )  # fmt: skip
     acc, _ = lenet.evaluate(p, ds.x_test, ds.y_test)
-    assert acc >= 0.97, acc
+    assert acc >= 0.97, acc  # measured 0.984 (batch 32, lr 0.02: 0.975-0.981)
     mlp = get_model("mlp", ds.input_shape, ds.num_classes)
     p = mlp.train_local(mlp.init(0), ds.x_train, ds.y_train, epochs=1, batch_size=32, lr=0.1,
                         seed=0)  # fmt: skip
     acc, _ = mlp.evaluate(p, ds.x_test, ds.y_test)
-    assert acc >= 0.93, acc
+    assert acc >= 0.93, acc  # measured 0.953
