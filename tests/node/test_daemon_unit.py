@@ -1,0 +1,115 @@
+"""The daemon's bookkeeping without the network: restore from the store, blob pruning, status."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dfl.block import make_block
+from dfl.config import Config, task_manifest
+from dfl.crypto import Identity, blake2b256
+from dfl.node import core as C
+from dfl.node.daemon import Daemon, DaemonOptions
+from dfl.node.home import Home
+
+CFG = Config().with_overrides(
+    task={"dataset": "digits", "model": "logreg", "num_nodes": 2},
+    node={"metrics_port": -1},
+    limits={"prune_blobs_after_rounds": 2},
+)
+
+
+def _daemon(tmp_path: Path) -> Daemon:
+    home = Home(tmp_path / "home")
+    home.init(CFG)
+    return Daemon(home, home.config(), DaemonOptions(rounds=1))
+
+
+def test_peer_blobs_are_pruned_own_blobs_and_headers_kept(tmp_path: Path) -> None:
+    d = _daemon(tmp_path)
+    net = task_manifest(CFG).network_id()
+    n = d.core.params.num_params
+    peer = Identity.from_seed(blake2b256(b"peer"))
+    prev = b"\0" * 32
+    peer_blocks = []
+    for r in range(6):
+        blob = np.full(n, r, np.float32).tobytes()
+        b = make_block(
+            peer, network=net, height=r, prev=prev, round=r, timestamp_ms=r, model=blob, samples=3
+        )
+        prev = b.hash
+        d._commit(C.Commit(b, blob))
+        peer_blocks.append(b)
+    own_blob = np.full(n, 0.5, np.float32).tobytes()
+    own = make_block(
+        d.identity,
+        network=net,
+        height=0,
+        prev=b"\0" * 32,
+        round=0,
+        timestamp_ms=0,
+        model=own_blob,
+        samples=3,
+    )
+    d._commit(C.Commit(own, own_blob, own=True))
+    d._metric(C.Metric(5, {"accepted": 1.0, "rejected": 0.0}))
+    kept = [d.store.has_blob(b.model_digest) for b in peer_blocks]
+    assert kept == [False, False, False, True, True, True]  # rounds < 5 - 2 pruned
+    assert all(d.store.get(b.hash) is not None for b in peer_blocks)  # headers stay
+    assert d.store.get_blob(own.model_digest) == own_blob
+    d.close()
+
+
+def test_restart_restores_round_model_and_standing(tmp_path: Path) -> None:
+    d = _daemon(tmp_path)
+    net = d.network
+    n = d.core.params.num_params
+    peer = Identity.from_seed(blake2b256(b"peer"))
+    pb = make_block(
+        peer,
+        network=net,
+        height=0,
+        prev=b"\0" * 32,
+        round=0,
+        timestamp_ms=1,
+        model=np.zeros(n, np.float32),
+        samples=3,
+    )
+    d._commit(C.Commit(pb, None))
+    from dfl.block import Verdict
+
+    model = np.arange(n, dtype=np.float32) / n
+    b0 = make_block(
+        d.identity,
+        network=net,
+        height=0,
+        prev=b"\0" * 32,
+        round=0,
+        timestamp_ms=2,
+        model=model,
+        samples=3,
+    )
+    b1 = make_block(
+        d.identity,
+        network=net,
+        height=1,
+        prev=b0.hash,
+        round=1,
+        timestamp_ms=3,
+        model=model,
+        samples=3,
+        verdicts=[Verdict(pb.hash, False, 0.0, "too-far")],
+    )
+    d._commit(C.Commit(b0, model.tobytes(), own=True))
+    d._commit(C.Commit(b1, model.tobytes(), own=True))
+    d._write_status()
+    st = json.loads((d.home.path / "status.json").read_text())
+    assert st["peer_id"] == d.identity.peer_id and st["height"] == 1
+    d.close()
+    again = Daemon(d.home, d.home.config(), DaemonOptions(rounds=1))
+    assert again.core.round == 2 and again.core.height == 1
+    assert np.array_equal(again.core.model, model)
+    assert again.core.standing(peer.public_key) < 1.0  # rebuilt from the signed verdict
+    again.close()
