@@ -69,6 +69,8 @@ class Scenario:
     store: str = "memory"  # memory | lmdb
     check_signatures: bool = True
     eval_samples: int = 1000  # test samples for the per-round accuracy curve
+    eval_every: int = 1  # evaluate every k-th round (and always the last) for the curve
+    final_eval_samples: int = 0  # test samples for the final accuracy; 0 = the whole test set
     num_byzantine: int = -1  # f told to robust rules; -1 = the true number of malicious nodes
 
     def __post_init__(self) -> None:
@@ -89,6 +91,8 @@ class Scenario:
         )
         need(self.store in ("memory", "lmdb"), "store: memory or lmdb")
         need(self.workers >= 0, "workers must be >= 0")
+        need(self.eval_samples >= 1 and self.eval_every >= 1, "eval_samples, eval_every >= 1")
+        need(self.final_eval_samples >= 0, "final_eval_samples must be >= 0")
         need(self.train_time_s > 0 and self.round_timeout_s > 0, "times must be > 0")
         for c in self.churn:
             need(0 <= c.node < self.nodes and c.leave_s < c.rejoin_s, f"bad churn entry {c}")

@@ -601,7 +601,9 @@ class NodeCore:
         verdicts.extend(self._extra_verdicts)
         self._extra_verdicts = []
         self._next_verdicts = tuple(sorted(verdicts, key=lambda v: v.block))
-        self.last_neighbor_models = tuple(c.model for c in cands if c.model is not None)
+        # only an attacker reads them (see Train.neighbor_models); honest nodes keep no copies
+        if self.params.attack:
+            self.last_neighbor_models = tuple(c.model for c in cands if c.model is not None)
         self.rule_state = dict(ev.state)
         self.model = model
         self._aggregating = ()

@@ -46,6 +46,26 @@ def test_same_seed_same_chains_and_different_seed_differs() -> None:
     assert all(len(h) == 32 for h in a.heads)
 
 
+def test_same_heads_for_any_number_of_workers() -> None:
+    """In-process and 2 worker processes (shared memory, speculation) sign identical chains."""
+    kw = dict(model="mlp", nodes=10, rounds=4, eval_every=2, malicious=1, attack="sign_flip")
+    a = run(**kw)
+    b = run(**kw, workers=2)
+    assert a.heads == b.heads
+    assert a.accuracy_curve == b.accuracy_curve
+    assert a.summary["honest_accuracy_mean"] == b.summary["honest_accuracy_mean"]
+    assert b.summary["workers"] == 2 and b.summary["speculation_hits"] > 0
+    assert {r["round"] for r in a.metrics if "accuracy" in r} == {1, 3}  # eval_every=2
+    s = b.summary
+    assert s["wall_seconds"] == pytest.approx(
+        s["setup_seconds"] + s["rounds_seconds"] + s["final_eval_seconds"]
+    )
+    assert 0 < s["train_seconds"] <= s["rounds_seconds"]
+    assert s["outside_training_share"] == pytest.approx(
+        1 - s["train_seconds"] / s["rounds_seconds"]
+    )
+
+
 def test_twenty_nodes_learn_digits() -> None:
     r = Simulation(Scenario(nodes=20, rounds=20, workers=1, eval_samples=200)).run()
     s = r.summary

@@ -1,0 +1,203 @@
+"""Simulator speed: MLP on MNIST at 100 and 1,000 nodes, seconds per round and where time goes.
+
+Usage::
+
+    python -m benchmarks.sim            # 100 nodes x 10 rounds, 1,000 nodes x 3 rounds
+    python -m benchmarks.sim --quick    # 100 nodes x 3 rounds only
+
+Every configuration runs in a fresh child process (so peak RSS is its own): a k-regular topology
+of degree 4, ``dirichlet:0.5`` shards, the default robust rule, signature checks on, worker
+processes = cores (2 here), per-round evaluation on 1,000 test samples every 5th round (and the
+last), final evaluation on 1,000 test samples. Columns (see :mod:`simulator.engine` for the
+exact definitions):
+
+* ``s/round`` = ``rounds_seconds / rounds`` (setup and final evaluation excluded);
+* ``outside`` = ``1 - train_seconds / rounds_seconds``: the share of the rounds' wall time in
+  which no local training ran on any worker (target at 100 nodes: <= 10 %);
+* ``train``, ``chain``, ``agg``, ``eval`` = training wall time (union over workers), main-process
+  time in the node cores and stores, aggregation and per-round evaluation busy time (summed over
+  workers);
+* ``sig`` / ``hash`` = estimated main-process time of Ed25519 header verification and of the
+  BLAKE2b-256 digest of every own blob (count x median single-operation time measured in the
+  same child process), as a share of ``rounds_seconds``;
+* peak RSS = ``ru_maxrss`` of the simulation process and of its largest worker (shared-memory
+  model slots count in every process that touched them).
+
+The table is printed and written to the ``## Simulator`` section of ``benchmarks/RESULTS.md``.
+The machine is shared: rerun and compare ratios within one run rather than absolute seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+from benchmarks._results import update_section
+
+TITLE = "Simulator"
+TARGET_OUTSIDE = 0.10  # at 100 nodes
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:  # pragma: no cover - non-Linux
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _median_seconds(fn: Any, repeats: int = 50) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def run_one(nodes: int, rounds: int, workers: int) -> dict[str, Any]:
+    """Run one configuration in this process; return its summary plus derived numbers."""
+    from dfl.block import decode
+    from dfl.crypto import blake2b256
+    from simulator.engine import Simulation
+    from simulator.scenario import Scenario
+
+    sc = Scenario(
+        name=f"bench-{nodes}",
+        nodes=nodes,
+        rounds=rounds,
+        dataset="mnist",
+        model="mlp",
+        topology="k_regular",
+        degree=4,
+        workers=workers,
+        eval_samples=1000,
+        eval_every=5,
+        final_eval_samples=1000,
+    )
+    sim = Simulation(sc)
+    result = sim.run()
+    s = dict(result.summary)
+    s["headers_verified"] = sum(c.stats["headers_in"] for c in sim.cores)
+    # single-operation costs, measured here, after the run (same process, same machine state)
+    store = result.stores[0]
+    head = store.get(result.heads[0])
+    assert head is not None
+    data = head.encoded()
+    blob = bytes(4 * sim.cores[0].params.num_params)
+    s["verify_seconds_each"] = _median_seconds(lambda: decode(data).verify_signature())
+    s["decode_seconds_each"] = _median_seconds(lambda: decode(data))
+    s["blob_hash_seconds_each"] = _median_seconds(lambda: blake2b256(blob))
+    sig = s["headers_verified"] * max(s["verify_seconds_each"] - s["decode_seconds_each"], 0.0)
+    s["sig_share"] = sig / s["rounds_seconds"]
+    s["hash_share"] = s["blocks"] * s["blob_hash_seconds_each"] / s["rounds_seconds"]
+    result.close()
+    s["peak_rss_main_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    s["peak_rss_worker_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    s.pop("malicious_nodes", None)
+    return s
+
+
+def _child(nodes: int, rounds: int, workers: int) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.sim",
+        "--one",
+        json.dumps({"nodes": nodes, "rounds": rounds, "workers": workers}),
+    ]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    row: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return row
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| nodes | rounds | workers | s/round | setup s | final eval s | train s | chain s "
+        "| agg s | eval s | outside training | sig verify | blob hash | acc | peak RSS main / "
+        "worker |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    lines = []
+    for s in rows:
+        lines.append(
+            f"| {s['nodes']} | {s['rounds']} | {s['workers']} | {s['seconds_per_round']:.2f} "
+            f"| {s['setup_seconds']:.1f} | {s['final_eval_seconds']:.1f} "
+            f"| {s['train_seconds']:.1f} | {s['chain_seconds']:.1f} "
+            f"| {s['aggregate_seconds']:.1f} | {s['eval_seconds']:.1f} "
+            f"| {100 * s['outside_training_share']:.1f} % | {100 * s['sig_share']:.1f} % "
+            f"| {100 * s['hash_share']:.1f} % | {s['honest_accuracy_mean']:.3f} "
+            f"| {s['peak_rss_main_mb'] / 1024:.1f} / {s['peak_rss_worker_mb'] / 1024:.1f} GB |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="100 nodes x 3 rounds only")
+    parser.add_argument("--workers", type=int, default=0, help="0 = one per core")
+    parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one config, print JSON
+    args = parser.parse_args(argv)
+    if args.one:
+        cfg = json.loads(args.one)
+        print(json.dumps(run_one(cfg["nodes"], cfg["rounds"], cfg["workers"])))
+        return 0
+    configs = [(100, 3)] if args.quick else [(100, 10), (1000, 3)]
+    load = os.getloadavg()
+    started = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    rows = []
+    for nodes, rounds in configs:
+        print(f"running {nodes} nodes x {rounds} rounds ...", flush=True)
+        row = _child(nodes, rounds, args.workers)
+        rows.append(row)
+        print(
+            f"  {row['seconds_per_round']:.2f} s/round, outside training "
+            f"{100 * row['outside_training_share']:.1f} %",
+            flush=True,
+        )
+    table = _table(rows)
+    print(table)
+    ok = [r for r in rows if r["nodes"] == 100]
+    verdict = (
+        "met"
+        if ok and all(r["outside_training_share"] <= TARGET_OUTSIDE for r in ok)
+        else "NOT met"
+    )
+    cmd = "python -m benchmarks.sim" + (" --quick" if args.quick else "")
+    body = (
+        f"Command: `{cmd}` ({started}; load average at start "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}).\n"
+        f"Machine: {_cpu_model()}, nproc={os.cpu_count()}, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}.\n\n"
+        "MLP (784-200-10, 159,010 params) on MNIST, `dirichlet:0.5` shards, k-regular degree 4, "
+        "default rule, signatures checked, per-round eval on 1,000 test samples every 5th "
+        "round, final eval on 1,000 samples. `s/round` excludes setup and final evaluation; "
+        "`outside training` = `1 - train_seconds / rounds_seconds` (wall time in which no "
+        "worker trained; definitions in `simulator/engine.py`). `sig verify` / `blob hash`: "
+        "estimated main-process share of Ed25519 header checks and BLAKE2b of own blobs. Peak "
+        "RSS counts the shared-memory model slots in every process that touched them.\n\n"
+        + table
+        + f"\nTarget at 100 nodes (outside training <= {100 * TARGET_OUTSIDE:.0f} %): "
+        f"**{verdict}**.\n"
+    )
+    if not args.no_write:
+        path = update_section(TITLE, body)
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
