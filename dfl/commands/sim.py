@@ -76,8 +76,10 @@ def run(scenario_file: Path | None, out_dir: Path | None, **overrides: object) -
         + (f", backdoor ASR {s['backdoor_asr']:.3f}" if s.get("backdoor_asr") is not None else "")
     )
     click.echo(
-        f"wall {s['wall_seconds']:.1f}s (setup {s['setup_seconds']:.1f}s, train "
-        f"{s['train_seconds']:.1f}s, chain {s['chain_seconds']:.1f}s), {s['blocks']} blocks"
+        f"wall {s['wall_seconds']:.1f}s: setup {s['setup_seconds']:.1f}s, rounds "
+        f"{s['rounds_seconds']:.1f}s ({s['seconds_per_round']:.2f}s/round; training "
+        f"{s['train_seconds']:.1f}s, outside training {100 * s['outside_training_share']:.1f}%), "
+        f"{s['blocks']} blocks"
     )
     click.echo(f"wrote {out}/metrics.jsonl, summary.json, accuracy.png")
     _ = json
