@@ -87,6 +87,8 @@ __all__ = [
 REPUTATION_ALPHA = 0.3  # weight of the newest verdict in the standing average
 REPUTATION_RECOVERY = 0.02  # standing regained per round without a verdict
 SEEN_WINDOW = 64  # heights per author kept for equivocation detection
+MAX_TRACKED_AUTHORS = 4096  # authors whose recent blocks are kept (bounds memory under Sybils)
+MAX_PENDING = 256  # candidate blocks waiting for their round (newest per author)
 
 
 # --------------------------------------------------------------------------- events (in)
@@ -355,7 +357,8 @@ class NodeCore:
         self._pending: dict[bytes, _Candidate] = {}  # author -> its newest usable block
         self._by_digest: dict[bytes, bytes] = {}  # requested digest -> author
         self._used: OrderedDict[bytes, None] = OrderedDict()  # block hashes already aggregated
-        self._seen: dict[bytes, OrderedDict[int, Block]] = {}  # author -> height -> block
+        # author -> height -> block, least recently active author first
+        self._seen: OrderedDict[bytes, OrderedDict[int, Block]] = OrderedDict()
         self._known_hashes: OrderedDict[bytes, None] = OrderedDict()
         self._aggregating: tuple[_Candidate, ...] = ()
         self._peer_ids: dict[bytes, str] = {}
@@ -662,6 +665,9 @@ class NodeCore:
     def _remember(self, block: Block) -> None:
         self._remember_hash(block.hash)
         heights = self._seen.setdefault(block.author, OrderedDict())
+        self._seen.move_to_end(block.author)
+        while len(self._seen) > MAX_TRACKED_AUTHORS:
+            self._seen.popitem(last=False)
         heights[block.height] = block
         while len(heights) > SEEN_WINDOW:
             heights.popitem(last=False)
@@ -735,6 +741,11 @@ class NodeCore:
         if current is not None:
             self._by_digest.pop(current.block.model_digest, None)
         self._pending[block.author] = _Candidate(block=block, peer=ev.peer)
+        if len(self._pending) > MAX_PENDING:
+            # drop the stalest candidate (lowest round, then author) to bound memory
+            worst = min(self._pending.values(), key=lambda c: (c.block.round, c.block.author))
+            self._by_digest.pop(worst.block.model_digest, None)
+            del self._pending[worst.block.author]
         effects.extend(self._request_pending())
         effects.extend(self._maybe_aggregate(now))
         return effects

@@ -345,3 +345,11 @@ def test_own_echo_is_ignored_without_penalty() -> None:
 
 
 _ = Verdict
+
+
+def test_memory_stays_bounded_under_many_authors() -> None:
+    core = _started_core()
+    for i in range(1, C.MAX_PENDING + 50):
+        core.handle(C.HeaderReceived(encode(_peer_block(i)), f"p{i}"), 1.0)
+    assert len(core._pending) <= C.MAX_PENDING
+    assert len(core._seen) <= C.MAX_TRACKED_AUTHORS
