@@ -63,6 +63,7 @@ Timings in :attr:`SimResult.summary` (wall-clock seconds)
 from __future__ import annotations
 
 import heapq
+import math
 import itertools
 import json
 import shutil
@@ -223,10 +224,18 @@ class Simulation:
             robust={"rule": sc.rule},
         )
         self.network = task_manifest(self.config).network_id()
-        f = sc.num_malicious if sc.num_byzantine < 0 else sc.num_byzantine
+        share = sc.num_malicious / n
         self.cores: list[C.NodeCore] = []
         self.stores: list[BlockStore] = []
         for i in range(n):
+            # f told to the robust rule: what a node can expect among its own neighbours (its
+            # candidates), not the network-wide count -- a rule told f >= its candidate count
+            # would trim everything away
+            f = (
+                min(sc.num_malicious, math.ceil(share * len(self.adj[i]) - 1e-9))
+                if sc.num_byzantine < 0
+                else sc.num_byzantine
+            )
             params = C.CoreParams(
                 network=self.network,
                 num_params=num_params,

@@ -71,7 +71,8 @@ class Scenario:
     eval_samples: int = 1000  # test samples for the per-round accuracy curve
     eval_every: int = 1  # evaluate every k-th round (and always the last) for the curve
     final_eval_samples: int = 0  # test samples for the final accuracy; 0 = the whole test set
-    num_byzantine: int = -1  # f told to robust rules; -1 = the true number of malicious nodes
+    # f told to robust rules; -1 = expected among a node's neighbours: ceil(share x degree)
+    num_byzantine: int = -1
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:

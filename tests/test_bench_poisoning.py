@@ -43,7 +43,8 @@ def test_full_matrix_size_and_keys() -> None:
     assert all(a in ATTACKS for a in P.ATTACK_NAMES)
     assert all(r in RULES for r in (*P.GOAL_RULES, *P.LENET_RULES) if r != "default")
     quick = P.build_cells("quick")
-    assert 0 < len(quick) <= 24 and {c.dataset for c in quick} == {"digits"}
+    assert len(quick) == len(P.QUICK_RULES) * len(P.QUICK_ATTACKS)
+    assert {c.dataset for c in quick} == {"digits"}
     restricted = P.build_cells("goal", rules=["fedavg"], attacks=["none", "ipm"])
     assert [(c.attack, c.rule, c.malicious) for c in restricted] == [
         ("none", "fedavg", 0.0),
@@ -158,7 +159,7 @@ def test_cli_dry_run_and_resume(ran: tuple[Path, list[object]]) -> None:
     runner = CliRunner()
     res = runner.invoke(main, ["bench", "poisoning", "--quick", "--dry-run", "--out", "x"])
     assert res.exit_code == 0, res.output
-    assert "quick mode" in res.output and "20 cells" in res.output
+    assert "quick mode" in res.output and f"{len(P.build_cells('quick'))} cells" in res.output
     res = runner.invoke(main, ["bench", "poisoning", "--rules", "nope", "--dry-run"])
     assert res.exit_code == 1 and "unknown rule" in res.output
     res = runner.invoke(main, ["bench", "poisoning", "--quick", "--paper"])

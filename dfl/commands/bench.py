@@ -32,7 +32,7 @@ def _csv_list(value: str | None) -> list[str] | None:
 @click.option(
     "--quick",
     is_flag=True,
-    help="Small subset (digits, 4 rules, 5 attacks, shares 0/0.3; < 10 min on 2 cores).",
+    help="Small subset (digits, 6 rules, 8 attacks, shares 0/0.3; < 10 min on 2 cores).",
 )
 @click.option("--paper", is_flag=True, help="Only the DFL paper's own setting (10 nodes, 1 bad).")
 @click.option(
@@ -118,7 +118,7 @@ def poisoning(
             "[bold]quick mode[/]: digits (1,437 training images) + MLP, 20 nodes k-regular(4), "
             f"{P.HPARAMS[('digits', 'mlp')].rounds} rounds, rules {', '.join(P.QUICK_RULES)}, "
             f"attacks {', '.join(P.QUICK_ATTACKS)}, shares 0 / 0.3, dirichlet:0.5 -- a smoke "
-            "test of the matrix, not the MNIST result."
+            "test of the matrix (72 training images per node), not the MNIST result."
         )
     console.print(
         f"{len(cells)} cells ({which}), {len(cells) - len(todo)} already in "

@@ -32,7 +32,7 @@ from dfl.node.core import Aggregate, AggregationDone, Train, TrainingDone
 __all__ = ["DEFAULT_RULE", "Learner", "TrainSettings", "resolve_rule"]
 
 #: The rule behind the name ``default``; chosen from the poisoning matrix (benchmarks/RESULTS.md).
-DEFAULT_RULE = "cclip"
+DEFAULT_RULE = "balance_trimmed"
 
 
 def resolve_rule(name: str) -> Rule:
