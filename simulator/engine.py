@@ -63,9 +63,9 @@ Timings in :attr:`SimResult.summary` (wall-clock seconds)
 from __future__ import annotations
 
 import heapq
-import math
 import itertools
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable
