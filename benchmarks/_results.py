@@ -7,6 +7,7 @@ heading) and keeps every other section as it was, so benchmarks can run in any o
 from __future__ import annotations
 
 import os
+import platform
 import tempfile
 from pathlib import Path
 
@@ -51,3 +52,22 @@ def update_section(title: str, markdown: str, path: Path = RESULTS) -> Path:
         f.write(new.rstrip("\n") + "\n")
     os.replace(tmp, path)
     return path
+
+
+def cpu_model() -> str:
+    """The CPU model name of this machine (``/proc/cpuinfo``), for the results' headers."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:  # pragma: no cover - non-Linux
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine() -> str:
+    """``CPU model, nproc=N, OS release, Python version`` of this machine."""
+    return (
+        f"{cpu_model()}, nproc={os.cpu_count()}, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )

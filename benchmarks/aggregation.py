@@ -35,7 +35,7 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from benchmarks._results import update_section  # noqa: E402
+from benchmarks._results import cpu_model, update_section  # noqa: E402
 from dfl.learning.robust import RULES, RuleContext  # noqa: E402
 
 TITLE = "Aggregation"
@@ -52,17 +52,6 @@ def _single_threaded() -> Iterator[None]:
         return
     with threadpool_limits(limits=1):
         yield
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _stub_evaluate(model: np.ndarray) -> tuple[float, float]:
@@ -176,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         [
             f"Command: `OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 {command}`  ",
             f"Date: {started:%Y-%m-%d %H:%M} UTC  ",
-            f"Machine: {_cpu_model()}, nproc={os.cpu_count()}, {platform.system()} "
+            f"Machine: {cpu_model()}, nproc={os.cpu_count()}, {platform.system()} "
             f"{platform.release()}, Python {platform.python_version()}, numpy {np.__version__}, "
             "single-threaded BLAS  ",
             f"Load average at start: {load} (shared machine: CPU time is the steadier number)  ",

@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import os
-import platform
 import shlex
 import shutil
 import sys
@@ -29,6 +28,7 @@ import lmdb
 import nacl
 import numpy as np
 
+from benchmarks._results import machine as _machine
 from benchmarks._results import update_section
 from dfl.block import ZERO_HASH, Block, Verdict, decode, encode, make_block
 from dfl.chain import SigCheck, validate_chain
@@ -229,17 +229,8 @@ def bench_reopen(root: Path, n_blocks: int, n_authors: int) -> dict[str, float]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return (
-        f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}, py-lmdb {lmdb.__version__} "
+        f"{_machine()}, py-lmdb {lmdb.__version__} "
         f"(LMDB {'.'.join(map(str, lmdb.version()))}), PyNaCl {nacl.__version__}"
     )
 

@@ -21,25 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._results import update_section
+from benchmarks._results import cpu_model, update_section
 from dfl.commands.testbed import prepare_testbed, start_testbed, stop_testbed, wait_testbed
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run(nodes: int, rounds: int, dataset: str, model: str, rule: str) -> list[dict[str, object]]:
@@ -123,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         md = (
             f"Command: `{cmd.strip()}`  \n"
             f"Date: {time.strftime('%Y-%m-%d')}; "
-            f"machine: {os.cpu_count()} cores, {_cpu_model()}  \n"
+            f"machine: {os.cpu_count()} cores, {cpu_model()}  \n"
             f"{args.nodes} daemons on 127.0.0.1, {args.model} on {args.dataset}, "
             f"dirichlet:0.5, rule {args.rule}, {args.rounds} rounds.\n\n{table}\n\n{summary}\n"
         )

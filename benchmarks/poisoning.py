@@ -30,7 +30,6 @@ import csv
 import json
 import math
 import os
-import platform
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -685,22 +684,6 @@ def plot_all(out_dir: Path) -> list[Path]:
 # ----------------------------------------------------------------------------- markdown
 
 
-def machine() -> str:
-    """``CPU model, nproc=N, OS, Python`` of this machine."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, nproc={os.cpu_count()}, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}"
-    )
-
-
 def _pct(v: float | None) -> str:
     return "" if v is None or math.isnan(v) else f"{100 * v:.1f}"
 
@@ -831,7 +814,7 @@ def write_results_section(
     path: Path | None = None,
 ) -> Path:
     """Update the ``## Poisoning`` section of ``benchmarks/RESULTS.md``."""
-    from benchmarks._results import RESULTS, update_section
+    from benchmarks._results import RESULTS, machine, update_section
     from dfl.node.compute import DEFAULT_RULE
 
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())

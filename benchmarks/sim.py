@@ -40,21 +40,10 @@ import sys
 import time
 from typing import Any
 
-from benchmarks._results import update_section
+from benchmarks._results import cpu_model, update_section
 
 TITLE = "Simulator"
 TARGET_OUTSIDE = 0.10  # at 100 nodes
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:  # pragma: no cover - non-Linux
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _median_seconds(fn: Any, repeats: int = 50) -> float:
@@ -180,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     body = (
         f"Command: `{cmd}` ({started}; load average at start "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}).\n"
-        f"Machine: {_cpu_model()}, nproc={os.cpu_count()}, {platform.system()} "
+        f"Machine: {cpu_model()}, nproc={os.cpu_count()}, {platform.system()} "
         f"{platform.release()}, Python {platform.python_version()}.\n\n"
         "MLP (784-200-10, 159,010 params) on MNIST, `dirichlet:0.5` shards, k-regular degree 4, "
         "default rule, signatures checked, per-round eval on 1,000 test samples every 5th "
