@@ -201,3 +201,38 @@ def test_edge_list_topology(tmp_path: Path) -> None:
     f = tmp_path / "edges.txt"
     f.write_text("0 1\n1 2  # comment\n\n2,3\n")
     assert make_topology(f"file:{f}", 4, 0, 0) == [[1], [0, 2], [1, 3], [2]]
+
+
+SCENARIOS = sorted((Path(__file__).parents[2] / "simulator" / "scenarios").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
+def test_shipped_scenarios_load(path: Path) -> None:
+    from simulator.scenario import load_scenario
+
+    sc = load_scenario(path)
+    assert sc.name == path.stem and sc.nodes >= 10 and sc.rounds >= 10
+
+
+def test_shipped_churn_scenario_runs_small(tmp_path: Path) -> None:
+    from simulator.scenario import load_scenario
+
+    root = Path(__file__).parents[2] / "simulator" / "scenarios"
+    sc = load_scenario(root / "churn-partition.toml").with_overrides(
+        rounds=4, model="logreg", workers=1
+    )
+    r = Simulation(sc).run()
+    assert r.summary["blocks"] == sc.nodes * 4
+
+
+def test_bad_scenario_file_names_the_key(tmp_path: Path) -> None:
+    from dfl.errors import ConfigError
+    from simulator.scenario import load_scenario
+
+    f = tmp_path / "bad.toml"
+    f.write_text("[scenario]\nnodez = 3\n")
+    with pytest.raises(ConfigError, match="nodez"):
+        load_scenario(f)
+    f.write_text("[scenario]\nnodes = 'many'\n")
+    with pytest.raises(ConfigError, match="nodes"):
+        load_scenario(f)
