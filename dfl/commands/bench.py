@@ -192,3 +192,29 @@ def _check_names(rules: list[str] | None, attacks: list[str] | None) -> None:
     for a in attacks or ():
         if a not in ATTACKS:
             raise UsageError(f"unknown attack {a!r} (known: {', '.join(sorted(ATTACKS))})")
+
+
+@bench.command("overhead")
+@click.option("--nodes", type=int, default=4, show_default=True, help="Daemons on 127.0.0.1.")
+@click.option("--rounds", type=int, default=5, show_default=True)
+@click.option("--dataset", default="mnist", show_default=True)
+@click.option("--model", default="lenet", show_default=True)
+@click.option("--rule", default="default", show_default=True)
+@click.option("--no-record", is_flag=True, help="Do not update benchmarks/RESULTS.md.")
+def overhead(nodes: int, rounds: int, dataset: str, model: str, rule: str, no_record: bool) -> None:
+    """CPU and memory a daemon spends outside training, on a real N-daemon testbed."""
+    from benchmarks.overhead import main as run_overhead
+
+    args = [
+        "--nodes",
+        str(nodes),
+        "--rounds",
+        str(rounds),
+        "--dataset",
+        dataset,
+        "--model",
+        model,
+        "--rule",
+        rule,
+    ]
+    run_overhead([*args, "--no-record"] if no_record else args)
