@@ -88,6 +88,7 @@ GOAL_RULES: tuple[str, ...] = (
     "median",
     "balance_median",
     "balance_trimmed",
+    "guarded_balance_trimmed",
 )
 QUICK_RULES: tuple[str, ...] = ("fedavg", "default", "trimmed_mean", "median", "balance", "ubar")
 QUICK_ATTACKS: tuple[str, ...] = (

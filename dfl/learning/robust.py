@@ -878,6 +878,35 @@ def ubar(
     return RuleResult(model, tuple(verdicts), ctx.state)
 
 
+def accuracy_guard(
+    own: npt.NDArray[Any], candidates: npt.NDArray[Any], weights: npt.NDArray[Any], ctx: RuleContext
+) -> RuleResult:
+    """Receiver-side accuracy filter: reject candidates much worse than own on own data.
+
+    The validation idea of DFL (Tian et al.) and UBAR's stage 2 (Guo et al., 2021), as a filter
+    meant for :func:`compose`: a candidate is accepted if its accuracy on the receiver's
+    validation data (``ctx.evaluate``) is at least own accuracy minus ``margin`` (default 0.1).
+    Distance filters cannot see label flipping (flipped models stay close in L2); accuracy on
+    data the attacker never saw can. Model: mean of own and the accepted candidates. Score: the
+    candidate's accuracy; reasons ``"ok"`` / ``"low-accuracy"``.
+    """
+    own32, x, _ = _prepare(own, candidates, weights, ctx)
+    p = _params(ctx, {"margin": 0.1}, "accuracy_guard")
+    margin = _check_range("margin", p["margin"], 0.0, 1.0)
+    n = x.shape[0]
+    if n == 0:
+        return RuleResult(own32, (), ctx.state)
+    own_acc, _ = _evaluate(ctx, own32, "accuracy_guard")
+    acc = np.array([_evaluate(ctx, x[i], "accuracy_guard")[0] for i in range(n)])
+    ok = acc >= own_acc - margin
+    coef = np.where(ok, 1.0 / (1 + int(ok.sum())), 0.0)
+    model = _combine(own32, x, 1.0 / (1 + int(ok.sum())), coef)
+    verdicts = tuple(
+        RuleVerdict(bool(ok[i]), float(acc[i]), "ok" if ok[i] else "low-accuracy") for i in range(n)
+    )
+    return RuleResult(model, verdicts, ctx.state)
+
+
 # --------------------------------------------------------------------------------------------
 # Composition and registry
 # --------------------------------------------------------------------------------------------
@@ -954,5 +983,7 @@ RULES: dict[str, Rule] = {
     "ubar": ubar,
     "balance_median": compose(balance, median),
     "balance_trimmed": compose(balance, trimmed_mean),
+    "accuracy_guard": accuracy_guard,
+    "guarded_balance_trimmed": compose(accuracy_guard, compose(balance, trimmed_mean)),
 }
 """Registry of robust rules by name. A new defense: write the function, add one line here."""

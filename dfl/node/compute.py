@@ -98,10 +98,18 @@ class Learner:
         return len(self.x_train)
 
     def evaluate_val(self, params: np.ndarray) -> tuple[float, float]:
-        """Accuracy and loss on the node's own validation data (training data if it has none)."""
+        """Accuracy and loss on the node's own validation data (training data if it has none).
+
+        Always finite: a peer's model whose loss overflows (a scaled or noise model) scores
+        accuracy 0 and loss ``1e30`` -- the worst possible, never an error.
+        """
         if len(self.x_val) == 0:
-            return self.model.evaluate(params, self.x_train, self.y_train)
-        return self.model.evaluate(params, self.x_val, self.y_val)
+            acc, loss = self.model.evaluate(params, self.x_train, self.y_train)
+        else:
+            acc, loss = self.model.evaluate(params, self.x_val, self.y_val)
+        acc = float(acc) if np.isfinite(acc) else 0.0
+        loss = float(loss) if np.isfinite(loss) else 1e30
+        return acc, min(loss, 1e30)
 
     def train(self, job: Train) -> TrainingDone:
         s = self.settings

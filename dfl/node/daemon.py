@@ -242,7 +242,20 @@ class Daemon:
             out = fn(job)
             return out, time.thread_time() - t0
 
-        result, cpu = await trio.to_thread.run_sync(timed)
+        try:
+            result, cpu = await trio.to_thread.run_sync(timed)
+        except Exception:
+            if not isinstance(job, C.Aggregate):
+                raise  # local training failing is a bug of this node: stop loudly
+            # a rule must never take the node down: keep the own model, reject every candidate
+            log.exception(
+                "robust rule %r failed in round %d; keeping own model", job.rule, job.round
+            )
+            n = len(job.candidates)
+            result = C.AggregationDone(
+                job.round, job.own, (False,) * n, (0.0,) * n, ("rule-error",) * n, job.state
+            )
+            cpu = 0.0
         key = "train_thread_s" if isinstance(job, C.Train) else "aggregate_s"
         self._cpu_acc[key] = self._cpu_acc.get(key, 0.0) + cpu
         await self.events_send.send(result)

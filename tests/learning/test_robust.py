@@ -18,7 +18,7 @@ from dfl.learning.robust import RULES, RuleContext, RuleResult
 
 FAST = settings(max_examples=30, deadline=None)
 ALL = sorted(RULES)
-NEEDS_EVAL = {"dfl", "ubar"}
+NEEDS_EVAL = {"dfl", "ubar", "accuracy_guard", "guarded_balance_trimmed"}
 
 
 def f32(x: Any) -> np.ndarray:
@@ -570,3 +570,23 @@ def test_robust_rules_ignore_inflated_sample_counts() -> None:
     for name in ("median", "trimmed_mean", "krum", "multi_krum", "geomed", "cclip", "balance"):
         res = run(name, own, cands, liar, num_byzantine=1)
         assert np.abs(res.model).max() < 1.0, name
+
+
+def test_accuracy_guard_rejects_models_worse_on_own_data() -> None:
+    from dfl.learning.robust import RULES, RuleContext, accuracy_guard
+
+    own = np.zeros(4, np.float32)
+    cands = np.array([[0.1] * 4, [5.0] * 4, [0.2] * 4], np.float32)
+
+    def evaluate(m: np.ndarray) -> tuple[float, float]:
+        acc = 0.9 - 0.1 * float(abs(m).mean())  # farther from own = worse on own data
+        return acc, 1.0 - acc
+
+    ctx = RuleContext(evaluate=evaluate)
+    res = accuracy_guard(own, cands, np.ones(3), ctx)
+    assert [v.accepted for v in res.verdicts] == [True, False, True]
+    assert [v.reason for v in res.verdicts] == ["ok", "low-accuracy", "ok"]
+    np.testing.assert_allclose(res.model, np.full(4, 0.1, np.float32), rtol=1e-6)
+    composed = RULES["guarded_balance_trimmed"](own, cands, np.ones(3), ctx)
+    assert composed.verdicts[1].accepted is False
+    assert np.isfinite(composed.model).all()

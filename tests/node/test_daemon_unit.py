@@ -113,3 +113,11 @@ def test_restart_restores_round_model_and_standing(tmp_path: Path) -> None:
     assert np.array_equal(again.core.model, model)
     assert again.core.standing(peer.public_key) < 1.0  # rebuilt from the signed verdict
     again.close()
+
+
+def test_evaluating_an_overflowing_model_scores_worst_not_error(tmp_path: Path) -> None:
+    d = _daemon(tmp_path)
+    huge = np.full(d.core.params.num_params, 3e38, np.float32)
+    acc, loss = d.learner.evaluate_val(huge)
+    assert np.isfinite(acc) and np.isfinite(loss) and loss >= 1.0
+    d.close()
