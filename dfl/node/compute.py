@@ -125,6 +125,7 @@ class Learner:
                 batch_size=s.batch_size,
                 lr=s.lr,
                 seed=job.seed,
+                momentum=s.momentum,
             )
         acc, loss = self.evaluate_val(new)
         published = new

@@ -87,16 +87,17 @@ def test_hostile_peers_are_rejected_and_honest_nodes_keep_learning(tmp_path: Pat
             async with open_host(cfg_a, validate=lambda o, d: True, serve_blob=blobs.get) as host_a:
                 while len(host_a.mesh_peers()) < 2:
                     await trio.sleep(0.2)
+                # a NaN model, then a wrong-shape one (its own height), each one penalty of 5:
+                # under the ban threshold of 10 only thanks to decay, so keep them apart...
                 b0 = block(evil_a, 0, b"\0" * 32, rnd, nan_blob)
                 await host_a.publish(b0)
                 await trio.sleep(2.5)
+                # ...and equivocate at height 1 right away, before the second penalty can ban A
+                ones = np.ones(num_params, np.float32).tobytes()
                 b1 = block(evil_a, 1, blake2b256(b0), rnd + 1, short_blob)
+                b1x = block(evil_a, 1, blake2b256(b0), rnd + 1, ones)
                 await host_a.publish(b1)
-                await trio.sleep(2.5)
-                # equivocation: another block at height 1 with a different model
-                b1x = block(
-                    evil_a, 1, blake2b256(b0), rnd + 1, np.ones(num_params, np.float32).tobytes()
-                )
+                await trio.sleep(0.3)
                 await host_a.publish(b1x)
                 await trio.sleep(3)
             async with open_host(cfg_b, validate=lambda o, d: True, serve_blob=blobs.get) as host_b:
