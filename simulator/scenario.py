@@ -7,7 +7,7 @@ ends with the same chain (identical block hashes), whatever the number of worker
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +156,3 @@ def load_scenario(path: Path) -> Scenario:
     return scenario_from_dict(
         data, name=data.pop("name", path.stem) if "name" in data else path.stem
     )
-
-
-_ = field  # re-exported for scenario authors who subclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -82,4 +81,3 @@ def run(scenario_file: Path | None, out_dir: Path | None, **overrides: object) -
         f"{s['blocks']} blocks"
     )
     click.echo(f"wrote {out}/metrics.jsonl, summary.json, accuracy.png")
-    _ = json

@@ -536,7 +536,7 @@ class NodeCore:
 
     def _wanted(self) -> int:
         if not self.peers:
-            return self.params.max_updates if self.params.max_updates else 0
+            return self.params.max_updates
         return min(self.params.max_updates, len(self.peers))
 
     def _maybe_aggregate(self, now: float) -> list[Effect]:

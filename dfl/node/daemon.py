@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import trio
 
 from dfl.block import blob_to_model, decode
@@ -488,6 +487,3 @@ def run_daemon(home: Home, cfg: Config, opts: DaemonOptions) -> Daemon:
     finally:
         daemon.close()
     return daemon
-
-
-_ = np
