@@ -48,36 +48,35 @@ def prepare_testbed(
 ) -> list[TestbedNode]:
     """Create N homes with keys and configs that bootstrap to each other on loopback."""
     from dfl.config import Config
+    from dfl.crypto import Identity
     from dfl.node.home import Home
 
     ports = free_ports(nodes)
+    idents = [Identity.generate() for _ in range(nodes)]
+    addrs = [
+        f"/ip4/127.0.0.1/tcp/{p}/p2p/{ident.peer_id}"
+        for p, ident in zip(ports, idents, strict=True)
+    ]
+    overrides = dict(extra_config or {})
+    node_over = dict(overrides.pop("node", {}))
     specs: list[TestbedNode] = []
     for i in range(nodes):
         home = Home(out / f"node-{i}")
-        cfg = Config().with_overrides(
-            node={"listen": (f"/ip4/127.0.0.1/tcp/{ports[i]}",), "metrics_port": -1},
-            task={"network": network, "num_nodes": nodes, "node_index": i},
-        )
-        ident = home.init(cfg, force=True)
-        specs.append(
-            TestbedNode(
-                i,
-                home.path,
-                ident.peer_id,
-                f"/ip4/127.0.0.1/tcp/{ports[i]}/p2p/{ident.peer_id}",
-                i >= nodes - malicious,
+        cfg = (
+            Config()
+            .with_overrides(
+                node={
+                    "listen": (f"/ip4/127.0.0.1/tcp/{ports[i]}",),
+                    "metrics_port": -1,
+                    "bootstrap": tuple(a for j, a in enumerate(addrs) if j != i),
+                    **node_over,
+                },
+                task={"network": network, "num_nodes": nodes, "node_index": i},
             )
+            .with_overrides(**overrides)
         )
-    from dfl.config import render_toml
-
-    for s in specs:
-        home = Home(s.home)
-        boot = tuple(o.addr for o in specs if o.index != s.index)
-        overrides = dict(extra_config or {})
-        node_over = dict(overrides.pop("node", {}))
-        node_over["bootstrap"] = boot
-        cfg = home.config().with_overrides(node=node_over, **overrides)
-        home.config_path.write_text(render_toml(cfg))
+        home.init(cfg, force=True, identity=idents[i])
+        specs.append(TestbedNode(i, home.path, idents[i].peer_id, addrs[i], i >= nodes - malicious))
     return specs
 
 
