@@ -206,7 +206,9 @@ class HostConfig:
         RPCs queued per neighbour before gossip to it is dropped (py-libp2p's default is 32;
         :meth:`P2PHost.publish` waits while a queue is over half full).
     peer_exchange_interval_s:
-        Period of asking one random neighbour for more peers while below ``max_peers``.
+        Period of asking one random neighbour for more peers while below ``max_peers``. Each
+        exchange that teaches nothing new doubles the period, up to 16x; a new peer (learned or
+        connected) resets it. A settled network stops paying for discovery it does not need.
     backoff_min_s, backoff_max_s:
         Redial backoff range (doubling per failure).
     tick_s:
@@ -507,13 +509,18 @@ class P2PHost:
         self._bootstrap = {info.peer_id.to_base58(): info for info in config._bootstrap_infos}
         self._stats = dict.fromkeys(_STAT_KEYS, 0)
         self._nursery: trio.Nursery | None = None
+        self._addrs: list[str] = []  # our listen multiaddrs, computed once the host listens
+        self._exchange_interval = config.peer_exchange_interval_s
+        self._exchanges_running = 0
 
     # -- public API ------------------------------------------------------------------------
 
     @property
     def listen_addrs(self) -> list[str]:
         """Our listen multiaddrs, each ending in ``/p2p/<peer id>``."""
-        return [str(a) for a in self._host.get_addrs()]
+        if not self._addrs:  # fixed once listening; py-libp2p rebuilds them on every call
+            self._addrs = [str(a) for a in self._host.get_addrs()]
+        return list(self._addrs)
 
     def messages(self) -> trio.MemoryReceiveChannel[tuple[str, bytes]]:
         """The channel of accepted gossip messages ``(origin peer id, data)``.
@@ -842,21 +849,23 @@ class P2PHost:
     # -- peer exchange ---------------------------------------------------------------------
 
     def _own_addrs(self) -> list[str]:
-        return [a for a in (_strip_p2p(x) for x in self._host.get_addrs()) if _dialable(a)]
+        return [a for a in (_strip_p2p(x) for x in self.listen_addrs) if _dialable(a)]
 
-    def _learn(self, peer: str, addrs: list[str], verified: bool) -> None:
+    def _learn(self, peer: str, addrs: list[str], verified: bool) -> bool:
+        """Record ``peer``'s addresses; True if the peer was not in the book before."""
         if peer == self.peer_id:
-            return
+            return False
         good = tuple(a for a in addrs if _dialable(a))[: wire.MAX_ADDRS_PER_PEER]
         if not good:
-            return
+            return False
         old = self._book.get(peer)
         if old is not None and old[1] and not verified:
-            return  # a third party's claim never overrides the peer's own report
+            return False  # a third party's claim never overrides the peer's own report
         self._book.pop(peer, None)
         if len(self._book) >= 4 * self.config.max_peers + 256:
             self._book.pop(next(iter(self._book)))
         self._book[peer] = (good, verified)
+        return old is None
 
     async def _handle_peers(self, stream: Any) -> None:
         """Serve one ``/dfl/peers/1`` request (catches everything, bounded in time)."""
@@ -895,8 +904,9 @@ class P2PHost:
         """Ask ``pid`` for peers (telling it our addresses); never raises."""
         peer = pid.to_base58()
         stream = None
-        ok = False
+        ok = new_peers = False
         idle = self.config.read_idle_s
+        self._exchanges_running += 1
         try:
             with trio.fail_after(2 * idle):
                 stream = await self._open_stream(pid, _PEERS)
@@ -906,8 +916,10 @@ class P2PHost:
                 entries = wire.decode_peers_response(obj)
             ok = True
             self._stats["peer_exchanges"] += 1
-            for other, addrs in entries:
-                self._learn(other, addrs, verified=other == peer)
+            learned = [
+                self._learn(other, addrs, verified=other == peer) for other, addrs in entries
+            ]
+            new_peers = any(learned)
         except InvalidBlock as exc:
             log.info("peers response from %s: %s", peer, exc)
             self.penalize(peer, f"peers-response:{exc.reason}", 1.0)
@@ -916,6 +928,11 @@ class P2PHost:
         except Exception as exc:
             log.warning("peer exchange with %s: %s: %s", peer, type(exc).__name__, exc)
         finally:
+            self._exchanges_running -= 1
+            base = self.config.peer_exchange_interval_s  # back off unless it taught us a peer
+            self._exchange_interval = (
+                base if new_peers else min(2 * self._exchange_interval, 16 * base)
+            )
             if stream is not None:
                 await close_quietly(stream, reset=not ok)
 
@@ -990,6 +1007,7 @@ class P2PHost:
                 else:
                     nursery.start_soon(self._exchange_peers, pid)
                     self._up_since.setdefault(peer, trio.current_time())
+                    self._exchange_interval = self.config.peer_exchange_interval_s
             elif kind == "down" and peer not in self.connected_peers():
                 since = self._up_since.pop(peer, None)
                 if since is not None and trio.current_time() - since >= _STABLE_S:
@@ -1018,8 +1036,9 @@ class P2PHost:
                 for peer in candidates[: min(room, 4)]:
                     addrs = [multiaddr.Multiaddr(a) for a in self._book[peer][0]]
                     nursery.start_soon(self._dial, PeerInfo(ID.from_base58(peer), addrs))
-            if now >= next_exchange:
-                next_exchange = now + self.config.peer_exchange_interval_s
+            next_exchange = min(next_exchange, now + self._exchange_interval)  # after a reset
+            if now >= next_exchange and not self._exchanges_running:
+                next_exchange = now + self._exchange_interval
                 if connected and len(connected) < self.config.max_peers:
                     target = random.choice(sorted(connected))
                     nursery.start_soon(self._exchange_peers, ID.from_base58(target))

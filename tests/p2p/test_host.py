@@ -221,3 +221,24 @@ def test_banned_peer_is_disconnected_and_refused() -> None:
             assert a.stats()["bans"] == 1
 
     run(body)
+
+
+def test_peer_exchange_backs_off_when_it_teaches_nothing_new() -> None:
+    async def body() -> None:
+        fast = {"peer_exchange_interval_s": 0.1, "tick_s": 0.02}
+        async with (
+            start(config(0, **fast)) as a,
+            start(config(1, bootstrap=(a.listen_addrs[0],), **fast)) as b,
+        ):
+            await wait_until(lambda: a.peer_id in b.connected_peers())
+            # every exchange after the first returns only known peers: 0.1 -> 0.2 -> ... -> 1.6
+            await wait_until(lambda: b._exchange_interval == pytest.approx(1.6), 10.0)
+            done = b.stats()["peer_exchanges"]
+            await trio.sleep(1.5)
+            assert b.stats()["peer_exchanges"] - done <= 1  # not 15, as at a fixed 0.1 s
+            # a new connection resets the period
+            async with start(config(2, bootstrap=(b.listen_addrs[0],), **fast)) as c:
+                await wait_until(lambda: c.peer_id in b.connected_peers())
+                assert b._exchange_interval <= 0.2 or b.stats()["peer_exchanges"] > done
+
+    run(body)
