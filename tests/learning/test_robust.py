@@ -579,14 +579,226 @@ def test_accuracy_guard_rejects_models_worse_on_own_data() -> None:
     cands = np.array([[0.1] * 4, [5.0] * 4, [0.2] * 4], np.float32)
 
     def evaluate(m: np.ndarray) -> tuple[float, float]:
-        acc = 0.9 - 0.1 * float(abs(m).mean())  # farther from own = worse on own data
+        acc = 0.8 - 0.15 * float(abs(m).mean())  # farther from own = worse on own data
         return acc, 1.0 - acc
 
+    # own scores 0.8, candidates 0.785, 0.05 and 0.77: the bound is 0.5 * 0.8 = 0.4
     ctx = RuleContext(evaluate=evaluate)
     res = accuracy_guard(own, cands, np.ones(3), ctx)
     assert [v.accepted for v in res.verdicts] == [True, False, True]
     assert [v.reason for v in res.verdicts] == ["ok", "low-accuracy", "ok"]
+    assert [v.score for v in res.verdicts] == pytest.approx([0.785, 0.05, 0.77])
     np.testing.assert_allclose(res.model, np.full(4, 0.1, np.float32), rtol=1e-6)
+    # the bound is relative: with ratio 0.975 the 0.77 candidate (< 0.78) is rejected too
+    strict = accuracy_guard(
+        own, cands, np.ones(3), RuleContext(evaluate=evaluate, params={"ratio": 0.975})
+    )
+    assert [v.accepted for v in strict.verdicts] == [True, False, False]
+    with pytest.raises(UsageError, match="ratio"):
+        accuracy_guard(
+            own, cands, np.ones(3), RuleContext(evaluate=evaluate, params={"ratio": 1.5})
+        )
     composed = RULES["guarded_balance_trimmed"](own, cands, np.ones(3), ctx)
     assert composed.verdicts[1].accepted is False
     assert np.isfinite(composed.model).all()
+
+
+# ------------------------------------------------------------------------------ compiled kernels
+# dfl.learning._kernels against plain numpy / exact references: small pools (m = 1..9, odd and
+# even), a few larger ones, d around the tile width, ties, duplicates and huge magnitudes.
+
+
+@st.composite
+def pools(draw: st.DrawFn, min_m: int = 1) -> np.ndarray:
+    """A float32 pool ``(m, d)`` (row 0 is own)."""
+    m = draw(st.one_of(st.integers(max(1, min_m), 9), st.integers(max(10, min_m), 70)))
+    d = draw(st.sampled_from([1, 2, 5, 31, 32, 33, 64, 97]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    kind = draw(st.sampled_from(["normal", "ties", "duplicates", "huge", "mixed"]))
+    if kind == "normal":
+        pool = rng.normal(size=(m, d))
+    elif kind == "ties":  # few distinct values: many exact ties
+        pool = rng.integers(-2, 3, size=(m, d)).astype(np.float64)
+    elif kind == "duplicates":  # repeated rows
+        pool = rng.normal(size=(max(1, m // 2), d))[rng.integers(0, max(1, m // 2), size=m)]
+    elif kind == "huge":  # near float32 max, both signs
+        pool = rng.choice([-1.0, 1.0], size=(m, d)) * rng.uniform(1e37, 3.4e38, size=(m, d))
+    else:  # magnitudes from 1e-30 to 1e38 side by side
+        pool = rng.normal(size=(m, d)) * 10.0 ** rng.integers(-30, 38, size=(m, d))
+    return np.clip(pool, -3.4e38, 3.4e38).astype(np.float32)
+
+
+def mean_tolerance(window: np.ndarray) -> np.ndarray:
+    """|kernel - reference| bound for a float64-accumulated mean rounded to float32: one float32
+    spacing, plus twice the float64 summation error bound ``(k - 1) * 2^-53 * sum|v| / k``
+    (either order of summation), at most ``2^-52 * sum|v|``."""
+    ref = window.astype(np.float64).mean(axis=0)
+    sum_abs = np.abs(window.astype(np.float64)).sum(axis=0)
+    spacing = np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64)
+    bound: np.ndarray = spacing + 2.0**-52 * sum_abs
+    return bound
+
+
+def test_network_sorts_every_zero_one_input() -> None:
+    from dfl.learning import _kernels as K
+
+    for m in range(1, 13):  # 0-1 principle: sorting all 2^m 0/1 inputs proves the network
+        bits = ((np.arange(2**m)[:, None] >> np.arange(m)) & 1).astype(np.int8)
+        for i, j in K.network(m):
+            lo = np.minimum(bits[:, i], bits[:, j])
+            bits[:, j] = np.maximum(bits[:, i], bits[:, j])
+            bits[:, i] = lo
+        assert (np.diff(bits, axis=1) >= 0).all(), m
+    rng = np.random.default_rng(0)
+    for m in (13, 64, 100, 129, 200):
+        vals = rng.integers(0, 5, size=(50, m))
+        expected = np.sort(vals, axis=1)
+        for i, j in K.network(m):
+            lo = np.minimum(vals[:, i], vals[:, j])
+            vals[:, j] = np.maximum(vals[:, i], vals[:, j])
+            vals[:, i] = lo
+        np.testing.assert_array_equal(vals, expected)
+
+
+@FAST
+@given(pool=pools())
+def test_median_kernel_matches_numpy(pool: np.ndarray) -> None:
+    from dfl.learning import _kernels as K
+
+    m = pool.shape[0]
+    s = np.sort(pool, axis=0)
+    lo, hi = s[(m - 1) // 2].astype(np.float64), s[m // 2].astype(np.float64)
+    expected = ((lo + hi) / 2).astype(np.float32)
+    np.testing.assert_array_equal(K.median(pool[0], pool[1:]), expected)
+    if m > 1:
+        np.testing.assert_array_equal(run("median", pool[0], pool[1:]).model, expected)
+
+
+@FAST
+@given(pool=pools(), data=st.data())
+def test_trimmed_mean_kernel_matches_numpy(pool: np.ndarray, data: st.DataObject) -> None:
+    from dfl.learning import _kernels as K
+
+    m = pool.shape[0]
+    b = data.draw(st.integers(0, (m - 1) // 2))
+    window = np.sort(pool, axis=0)[b : m - b]
+    expected = window.astype(np.float64).mean(axis=0)
+    got = K.trimmed_mean(pool[0], pool[1:], b)
+    assert got.dtype == np.float32
+    assert (np.abs(got - expected) <= mean_tolerance(window)).all()
+
+
+def closest_window_reference(vals: list[float], beta: int) -> np.ndarray:
+    """The ``beta`` sorted values with the least total distance to the median (exact rational
+    arithmetic; ties -> the leftmost window)."""
+    from fractions import Fraction
+
+    s = sorted(vals)
+    theta = len(s)
+    med = (Fraction(s[(theta - 1) // 2]) + Fraction(s[theta // 2])) / 2
+    costs = [sum(abs(Fraction(v) - med) for v in s[j : j + beta]) for j in range(theta - beta + 1)]
+    j = costs.index(min(costs))
+    return np.asarray(s[j : j + beta], np.float64)
+
+
+@FAST
+@given(pool=pools(min_m=2), data=st.data())
+def test_window_mean_kernel_matches_exact_reference(pool: np.ndarray, data: st.DataObject) -> None:
+    from dfl.learning import _kernels as K
+
+    m, d = pool.shape
+    rows = np.sort(data.draw(st.permutations(range(m)))[: data.draw(st.integers(1, m))])
+    rows = np.asarray(rows, np.int64)
+    theta = rows.shape[0]
+    beta = data.draw(st.integers(1, theta))
+    got = K.window_mean(pool[0], pool[1:], rows, beta)
+    window = np.stack(
+        [closest_window_reference(pool[rows, c].tolist(), beta) for c in range(d)], axis=1
+    )
+    expected = window.mean(axis=0)
+    assert (np.abs(got - expected) <= mean_tolerance(window)).all()
+
+
+def iterated_krum_reference(sq: np.ndarray, f: int, theta: int) -> tuple[list[int], np.ndarray]:
+    """Bulyan's selection with robust's own helpers: re-score and re-sort every iteration."""
+    remaining = np.arange(sq.shape[0], dtype=np.int64)
+    first = R._krum_scores(sq, remaining, sq.shape[0] - f - 2)
+    selected: list[int] = []
+    while len(selected) < theta:
+        scores = R._krum_scores(sq, remaining, remaining.shape[0] - f - 2)
+        win = int(R._krum_order(sq, remaining, scores)[0])
+        selected.append(int(remaining[win]))
+        remaining = np.delete(remaining, win)
+    return selected, first
+
+
+@FAST
+@given(pool=pools(min_m=2), data=st.data())
+def test_bulyan_select_kernel_matches_iterated_krum(pool: np.ndarray, data: st.DataObject) -> None:
+    from dfl.learning import _kernels as K
+
+    m = pool.shape[0]
+    f = data.draw(st.integers(0, max(0, (m - 3) // 4)))
+    theta = m - 2 * f
+    with np.errstate(over="ignore", invalid="ignore"):
+        gram = R._centered_gram(pool[0], pool[1:], full=True)
+    sq = R._pool_sqdist(gram)
+    selected, first = K.bulyan_select(sq, f, theta)
+    ref_selected, ref_first = iterated_krum_reference(sq, f, theta)
+    assert selected.tolist() == ref_selected
+    np.testing.assert_array_equal(first, ref_first)  # bit for bit: same summation order
+
+
+def test_bulyan_select_breaks_exact_ties_like_krum() -> None:
+    from dfl.learning import _kernels as K
+
+    # a square and its centre: every corner has the same Krum score and spread
+    pts = np.array([[0, 0], [1, 1], [1, -1], [-1, 1], [-1, -1], [0, 0], [5, 5]], np.float64)
+    sq = ((pts[:, None] - pts[None]) ** 2).sum(axis=2)
+    for f in (0, 1):
+        theta = pts.shape[0] - 2 * f
+        selected, first = K.bulyan_select(sq, f, theta)
+        ref_selected, ref_first = iterated_krum_reference(sq, f, theta)
+        assert selected.tolist() == ref_selected
+        np.testing.assert_array_equal(first, ref_first)
+
+
+def test_compose_spend_budget_tells_the_aggregator_what_is_left() -> None:
+    from dfl.learning.robust import RuleContext, balance, compose, trimmed_mean
+
+    own = np.full(3, 10.0, np.float32)
+    # balance (gamma 0.3, round 0) accepts within 0.3 * ||own|| ~ 5.2: three near, two far
+    cands = np.array([[9.0] * 3, [10.5] * 3, [11.5] * 3, [100.0] * 3, [-80.0] * 3], np.float32)
+    ctx = RuleContext(num_byzantine=2)
+    spent = compose(balance, trimmed_mean, spend_budget=True)(own, cands, np.ones(5), ctx)
+    kept = compose(balance, trimmed_mean)(own, cands, np.ones(5), ctx)
+    assert [v.accepted for v in spent.verdicts] == [True, True, True, False, False]
+    # two rejections spend f = 2: a plain mean of own and the three near ones
+    np.testing.assert_allclose(spent.model, np.full(3, (10 + 9 + 10.5 + 11.5) / 4), rtol=1e-6)
+    # without: f = 2 clamped to (4 - 1) // 2 = 1 of a pool of 4 -> mean of the middle two
+    np.testing.assert_allclose(kept.model, np.full(3, (10 + 10.5) / 2), rtol=1e-6)
+    # one rejection of two leaves f' = 1 (never below 0)
+    one = compose(balance, trimmed_mean, spend_budget=True)(
+        own, cands[:4], np.ones(4), RuleContext(num_byzantine=2)
+    )
+    np.testing.assert_allclose(one.model, np.full(3, (10 + 10.5) / 2), rtol=1e-6)
+
+
+def test_accuracy_guard_does_not_judge_on_a_handful_of_samples() -> None:
+    from dfl.learning.robust import RuleContext, accuracy_guard
+
+    own = np.zeros(2, np.float32)
+    cands = np.array([[1.0, 1.0], [3.0, 3.0]], np.float32)
+
+    def evaluate(m: np.ndarray) -> tuple[float, float]:
+        return (0.9, 0.1) if not m.any() else (0.1, 2.0)
+
+    few = accuracy_guard(own, cands, np.ones(2), RuleContext(evaluate=evaluate, eval_samples=9))
+    assert [(v.accepted, v.score) for v in few.verdicts] == [(True, 0.0), (True, 0.0)]
+    np.testing.assert_allclose(few.model, [4 / 3, 4 / 3], rtol=1e-6)
+    enough = accuracy_guard(own, cands, np.ones(2), RuleContext(evaluate=evaluate, eval_samples=32))
+    assert [v.accepted for v in enough.verdicts] == [False, False]
+    np.testing.assert_allclose(enough.model, own)
+    # unknown size (0) judges as before
+    unknown = accuracy_guard(own, cands, np.ones(2), RuleContext(evaluate=evaluate))
+    assert [v.accepted for v in unknown.verdicts] == [False, False]
