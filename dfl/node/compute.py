@@ -29,10 +29,13 @@ from dfl.learning.models import Model
 from dfl.learning.robust import RULES, Rule, RuleContext
 from dfl.node.core import Aggregate, AggregationDone, Train, TrainingDone
 
-__all__ = ["DEFAULT_RULE", "Learner", "TrainSettings", "resolve_rule"]
+__all__ = ["DEFAULT_RULE", "RULE_EVAL_SAMPLES", "Learner", "TrainSettings", "resolve_rule"]
 
 #: The rule behind the name ``default``; chosen from the poisoning matrix (benchmarks/RESULTS.md).
-DEFAULT_RULE = "balance_trimmed"
+DEFAULT_RULE = "guarded_balance_trimmed"
+
+#: Validation samples a robust rule evaluates each candidate on (see Learner.evaluate_for_rule).
+RULE_EVAL_SAMPLES = 256
 
 
 def resolve_rule(name: str) -> Rule:
@@ -70,6 +73,7 @@ class Learner:
         seed: int = 0,
         num_byzantine: int = 1,
         num_nodes: int = 0,
+        rule_eval_samples: int = RULE_EVAL_SAMPLES,
     ) -> None:
         if len(x) != len(y) or len(x) == 0:
             raise UsageError("a learner needs a non-empty shard with as many labels as inputs")
@@ -79,6 +83,9 @@ class Learner:
         self.seed = seed
         self.num_byzantine = num_byzantine
         self.num_nodes = num_nodes
+        if rule_eval_samples < 1:
+            raise UsageError(f"rule_eval_samples must be >= 1, got {rule_eval_samples}")
+        self.rule_eval_samples = rule_eval_samples
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(x))
         n_val = round(len(x) * validation_share)
@@ -104,12 +111,51 @@ class Learner:
         accuracy 0 and loss ``1e30`` -- the worst possible, never an error.
         """
         if len(self.x_val) == 0:
-            acc, loss = self.model.evaluate(params, self.x_train, self.y_train)
-        else:
-            acc, loss = self.model.evaluate(params, self.x_val, self.y_val)
+            return self._evaluate(params, self.x_train, self.y_train)
+        return self._evaluate(params, self.x_val, self.y_val)
+
+    @property
+    def rule_eval_count(self) -> int:
+        """How many samples :meth:`evaluate_for_rule` scores on."""
+        if len(self.x_val) == 0:
+            return len(self.x_train)
+        return min(len(self.x_val), self.rule_eval_samples)
+
+    def evaluate_for_rule(self, params: np.ndarray) -> tuple[float, float]:
+        """:meth:`evaluate_val` on at most ``rule_eval_samples`` validation samples.
+
+        What the robust rules call (``ctx.evaluate``) on every candidate, every round: a fixed
+        random subset keeps that cost a small share of training (with LeNet, one pass over
+        1,500 validation samples took 0.33 s CPU here, over 256 samples 0.043 s, against about
+        10 s for a training epoch on 13,500), while 256 samples still tell a poisoned model
+        (accuracy near 0) from an honest one.
+        """
+        if len(self.x_val) <= self.rule_eval_samples:
+            return self.evaluate_val(params)
+        n = self.rule_eval_samples
+        return self._evaluate(params, self.x_val[:n], self.y_val[:n])
+
+    def _evaluate(self, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        acc, loss = self.model.evaluate(params, x, y)
         acc = float(acc) if np.isfinite(acc) else 0.0
         loss = float(loss) if np.isfinite(loss) else 1e30
         return acc, min(loss, 1e30)
+
+    def warm_up(self, rule: str, params: np.ndarray) -> None:
+        """Compile what the first aggregation would otherwise compile mid-round: the rule's
+        evaluation batch (JAX) and its kernels (numba), by running ``rule`` once on copies of
+        ``params``. The daemon calls it at start-up, so a node's first round costs what every
+        later round costs (a first guarded aggregation was measured at 1.8 s CPU, later ones at
+        0.17 s, with LeNet)."""
+        params = np.asarray(params, dtype=np.float32)
+        ctx = RuleContext(
+            own_samples=1,
+            num_byzantine=1,
+            evaluate=self.evaluate_for_rule,
+            eval_samples=self.rule_eval_count,
+            candidate_ids=(b"\x00" * 32, b"\x01" * 32),
+        )
+        resolve_rule(rule)(params, np.stack([params, params]), np.ones(2), ctx)
 
     def train(self, job: Train) -> TrainingDone:
         s = self.settings
@@ -169,7 +215,8 @@ class Learner:
             num_byzantine=job.num_byzantine,
             round=job.round,
             seed=job.seed,
-            evaluate=self.evaluate_val,
+            evaluate=self.evaluate_for_rule,
+            eval_samples=self.rule_eval_count,
             candidate_ids=job.authors,
             state=dict(job.state),
         )

@@ -136,6 +136,7 @@ class Daemon:
             attack=opts.attack,
             max_header_bytes=cfg.limits.max_header_bytes,
         )
+        self.learner.warm_up(params.rule, init)
         self.core = C.NodeCore(self.identity, params, init, self.learner.samples)
         if own_chain:
             head = own_chain[-1]

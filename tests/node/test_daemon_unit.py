@@ -121,3 +121,23 @@ def test_evaluating_an_overflowing_model_scores_worst_not_error(tmp_path: Path) 
     acc, loss = d.learner.evaluate_val(huge)
     assert np.isfinite(acc) and np.isfinite(loss) and loss >= 1.0
     d.close()
+
+
+def test_rule_evaluation_uses_a_capped_subset_and_every_rule_warms_up(tmp_path: Path) -> None:
+    from dfl.learning.data import load_dataset
+    from dfl.learning.models import get_model
+    from dfl.learning.robust import RULES
+    from dfl.node.compute import Learner, TrainSettings
+
+    data = load_dataset("digits")
+    model = get_model("logreg", data.input_shape, data.num_classes)
+    x, y = data.x_train[:1000], data.y_train[:1000]
+    learner = Learner(model, x, y, num_classes=10, settings=TrainSettings(), rule_eval_samples=40)
+    assert len(learner.x_val) == 100 and learner.rule_eval_count == 40
+    params = model.init(0)
+    sub = model.evaluate(params, learner.x_val[:40], learner.y_val[:40])
+    assert learner.evaluate_for_rule(params) == (float(sub[0]), float(sub[1]))
+    assert learner.evaluate_val(params) != learner.evaluate_for_rule(params)
+    # a rule that needs evaluation, ids or kernels must accept the warm-up context
+    for rule in (*RULES, "default"):
+        learner.warm_up(rule, params)
