@@ -128,11 +128,15 @@ class RobustConfig:
     num_byzantine: int = 1  # f assumed by rules that need it (krum, bulyan, trimmed mean...)
     # Standing: an author is ignored once its reputation (from signed verdicts) drops below this.
     min_reputation: float = 0.2
+    # Validation samples a rule evaluates each candidate on (accuracy guard, dfl, ubar): the
+    # defense's CPU cost scales with it (benchmarks/RESULTS.md, Overhead).
+    eval_samples: int = 256
 
     def __post_init__(self) -> None:
         _require(bool(self.rule), "robust.rule must name a rule")
         _require(0 <= self.num_byzantine <= 1000, "robust.num_byzantine: 0..1000")
         _require(0 <= self.min_reputation <= 1, "robust.min_reputation: 0..1")
+        _require(1 <= self.eval_samples <= 1_000_000, "robust.eval_samples: 1..1000000")
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ def test_round_trip_property(lr: float, epochs: int, name: str) -> None:
         ("[limits]\nmax_header_bytes = 99999999\n", "limits.max_header_bytes"),
         ("this is = not toml [", "invalid TOML"),
         ("[task]\nbatch_size = true\n", "task.batch_size"),
+        ("[robust]\neval_samples = 0\n", "robust.eval_samples"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path: Path, text: str, fragment: str) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from dfl.config import RobustConfig
 from dfl.errors import UsageError
 from dfl.learning.attacks import AttackContext, get_attack
 from dfl.learning.models import Model
@@ -34,8 +35,9 @@ __all__ = ["DEFAULT_RULE", "RULE_EVAL_SAMPLES", "Learner", "TrainSettings", "res
 #: The rule behind the name ``default``; chosen from the poisoning matrix (benchmarks/RESULTS.md).
 DEFAULT_RULE = "guarded_balance_trimmed"
 
-#: Validation samples a robust rule evaluates each candidate on (see Learner.evaluate_for_rule).
-RULE_EVAL_SAMPLES = 256
+#: Validation samples a robust rule evaluates each candidate on (see Learner.evaluate_for_rule;
+#: a node's ``robust.eval_samples``).
+RULE_EVAL_SAMPLES: int = RobustConfig.eval_samples
 
 
 def resolve_rule(name: str) -> Rule:

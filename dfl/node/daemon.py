@@ -103,6 +103,7 @@ def _build_learner(cfg: Config, attack: str | None) -> tuple[Learner, int]:
         seed=t.seed * 100_003 + t.node_index,
         num_byzantine=max(cfg.robust.num_byzantine, 1),
         num_nodes=t.num_nodes,
+        rule_eval_samples=cfg.robust.eval_samples,
     )
     return learner, model.num_params
 
@@ -159,6 +160,7 @@ class Daemon:
         self._cpu0: tuple[float, float] | None = None  # (process CPU, loop-thread CPU) at start
         self._loop_cpu = 0.0
         self._loop_thread = 0
+        self._loop_clock: int | None = None  # CPU clock of the event-loop thread
         self._deadline_changed = trio.Event()
 
     # ----------------------------------------------------------------- host callbacks
@@ -237,10 +239,19 @@ class Daemon:
             self.peer_blob_round[eff.block.model_digest] = eff.block.round
 
     async def _compute(self, fn: Callable[[Any], C.Event], job: Any) -> None:
+        loop_clock = self._loop_clock
+
         def timed() -> tuple[C.Event, float]:
-            t0 = time.thread_time()
+            # XLA runs a computation on its own threads, never on the caller's: a job's CPU is
+            # the whole process's minus the event loop's over the job (jobs never overlap)
+            if loop_clock is None:
+                t0 = time.thread_time()
+                out = fn(job)
+                return out, time.thread_time() - t0
+            p0, l0 = time.process_time(), time.clock_gettime(loop_clock)
             out = fn(job)
-            return out, time.thread_time() - t0
+            loop = time.clock_gettime(loop_clock) - l0
+            return out, max(0.0, time.process_time() - p0 - loop)
 
         try:
             result, cpu = await trio.to_thread.run_sync(timed)
@@ -262,8 +273,9 @@ class Daemon:
 
     def _cpu_snapshot(self) -> dict[str, float]:
         """CPU seconds since the first round: the whole process, the event-loop thread (p2p,
-        gossip, crypto, chain rules, store, the core) and the aggregation jobs. Training is
-        everything else (its worker thread and XLA's compute threads)."""
+        gossip, crypto, chain rules, store, the core) and the aggregation jobs (the process's
+        CPU while one runs, minus the loop's: the rule and XLA's threads evaluating models for
+        it). Training is everything else (its jobs, including XLA's compute threads)."""
         import resource
 
         if self._cpu0 is None:
@@ -407,6 +419,8 @@ class Daemon:
         import threading
 
         self._loop_thread = threading.get_ident()
+        if hasattr(time, "pthread_getcpuclockid"):
+            self._loop_clock = time.pthread_getcpuclockid(self._loop_thread)
         cfg = self.cfg
         host_cfg = HostConfig(
             seed=self.identity.seed,
