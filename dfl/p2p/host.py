@@ -40,6 +40,11 @@ Invariants
 * Connections: bootstrap peers are redialled with exponential backoff whenever they are not
   connected; peers learned via ``/dfl/peers/1`` are dialled while fewer than ``max_peers`` are
   connected; libp2p's own auto-connector is disabled (it would dial banned peers).
+* Yamux flow control: py-libp2p 0.8.1 sends a WINDOW_UPDATE frame after every read by default
+  (``PY_YAMUX_RELEASE_ON_READ=1``); this module sets it to ``0`` unless the environment already
+  chose, for go-yamux's batching (an update once half a window is consumed). On a 4-daemon
+  LeNet testbed that cut event-loop CPU from 1.30-1.37 s to 1.12 s over 5 rounds
+  (benchmarks/RESULTS.md, Overhead).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ import hashlib
 import inspect
 import logging
 import math
+import os
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -72,6 +78,8 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
+
+os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")  # read per frame by py-libp2p; see above
 
 from dfl.crypto import blake2b256
 from dfl.errors import ConfigError, InvalidBlock, UsageError

@@ -688,6 +688,38 @@ def test_trimmed_mean_kernel_matches_numpy(pool: np.ndarray, data: st.DataObject
     assert (np.abs(got - expected) <= mean_tolerance(window)).all()
 
 
+@FAST
+@given(pool=pools(min_m=3), data=st.data())
+def test_trimmed_mean_rule_agrees_on_both_sides_of_the_kernel_threshold(
+    pool: np.ndarray, data: st.DataObject
+) -> None:
+    m = pool.shape[0]
+    b = data.draw(st.integers(1, (m - 1) // 2))
+    window = np.sort(pool, axis=0)[b : m - b]
+    got = run("trimmed_mean", pool[0], pool[1:], num_byzantine=b).model
+    assert got.dtype == np.float32  # numpy below R._KERNEL_MIN_POOL, the kernel from it on
+    assert (np.abs(got - window.astype(np.float64).mean(axis=0)) <= mean_tolerance(window)).all()
+
+
+def test_small_pools_never_load_numba() -> None:
+    """A daemon with a handful of neighbours must not pay numba's ~170 MiB (see robust.py)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from dfl.learning.robust import RULES, RuleContext\n"
+        "x = np.random.default_rng(0).normal(size=(9, 1000)).astype(np.float32)\n"
+        "for rule in ('median', 'trimmed_mean', 'balance_trimmed', 'guarded_balance_trimmed'):\n"
+        "    ctx = RuleContext(num_byzantine=2, evaluate=lambda m: (0.9, 0.1))\n"
+        "    RULES[rule](x[0], x[1:], np.ones(8), ctx)\n"
+        "print('numba' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
 def closest_window_reference(vals: list[float], beta: int) -> np.ndarray:
     """The ``beta`` sorted values with the least total distance to the median (exact rational
     arithmetic; ties -> the leftmost window)."""
