@@ -864,7 +864,8 @@ def accuracy_guard(
     data the attacker never saw can. The bound is relative and loose on purpose: on non-IID
     shards an honest neighbour trained on other labels scores well below own on own data (on
     the MNIST goal cells, dirichlet:0.5, honest neighbours score 0.5-1.0x own after the first
-    round), while a label-flipped or sign-flipped model scores 0-0.1x own. A tight absolute
+    round), while a label-flipped model scores 0-0.1x own. (A sign-flipped model, one step
+    backwards from an accurate model, is accurate too: the guard passes it.) A tight absolute
     margin (own - 0.1) was measured to reject honest neighbours and cost 4 points without any
     attack (benchmarks/RESULTS.md, Poisoning). With ``0 < ctx.eval_samples < min_samples``
     (default 32) the guard does not judge and accepts everyone with score 0: on 9 validation
