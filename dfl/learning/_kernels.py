@@ -169,28 +169,6 @@ def _load(own: Any, xf: Any, d: int, rows: Any, c0: int, width: int, flat: Any) 
 
 
 @_jit
-def _median(own: Any, x: Any, comps: Any, out: Any) -> None:
-    m = x.shape[0] + 1
-    d = own.shape[0]
-    xf = x.reshape(-1)
-    rows = np.arange(m)
-    flat = np.empty(m * LANES, np.float32)
-    tile = flat.reshape(m, LANES)
-    lo = (m - 1) // 2
-    hi = m // 2
-    for c0 in range(0, d, LANES):
-        width = min(LANES, d - c0)
-        _load(own, xf, d, rows, c0, width, flat)
-        _sort(flat, comps)
-        for lane in range(width):
-            if lo == hi:
-                out[c0 + lane] = tile[hi, lane]
-            else:
-                mid = (np.float64(tile[lo, lane]) + np.float64(tile[hi, lane])) / 2.0
-                out[c0 + lane] = np.float32(mid)
-
-
-@_jit
 def _trimmed_mean(own: Any, x: Any, comps: Any, b: int, out: Any) -> None:
     m = x.shape[0] + 1
     d = own.shape[0]
@@ -430,12 +408,9 @@ def _contiguous(own: F32, x: F32) -> tuple[F32, F32]:
 
 
 def median(own: F32, x: F32) -> F32:
-    """Coordinate-wise median of the pool ``{own} + x`` (mean of the middle two if even)."""
-    own, x = _contiguous(own, x)
-    m = x.shape[0] + 1
-    out = np.empty_like(own)
-    _median(own, x, network(m, (m - 1) // 2, m // 2 + 1), out)
-    return out
+    """Coordinate-wise median of the pool ``{own} + x`` (mean of the middle two if even): the
+    trimmed mean that keeps only the middle one or two sorted positions."""
+    return trimmed_mean(own, x, x.shape[0] // 2)
 
 
 def trimmed_mean(own: F32, x: F32, b: int) -> F32:

@@ -341,6 +341,17 @@ def _mean_cols(sorted_pool: F32, lo: int, hi: int) -> F32:
     return mean.astype(np.float32)
 
 
+def _middle_mean(own: F32, cands: F32, b: int) -> F32:
+    """Per coordinate, the mean (float64 accumulation) of the pool's sorted positions
+    ``b:m - b``: numpy below ``_KERNEL_MIN_POOL`` models, the numba kernel from there on."""
+    m = cands.shape[0] + 1
+    if m < _KERNEL_MIN_POOL:
+        return _mean_cols(_sorted_pool(own, cands), b, m - b)
+    from dfl.learning import _kernels
+
+    return _kernels.trimmed_mean(own, cands, b)
+
+
 def _krum_scores(sq: F64, members: I64, k: int) -> F64:
     """Krum score of each member: sum of squared distances to its ``k`` nearest other members."""
     sub = sq[np.ix_(members, members)].copy()
@@ -424,14 +435,7 @@ def median(
     n = x.shape[0]
     if n == 0:
         return RuleResult(own32, (), ctx.state)
-    m = n + 1
-    if m < _KERNEL_MIN_POOL:
-        s = _sorted_pool(own32, x)
-        model = s[:, m // 2].copy() if m % 2 else _mean_cols(s, m // 2 - 1, m // 2 + 1)
-    else:
-        from dfl.learning import _kernels
-
-        model = _kernels.median(own32, x)
+    model = _middle_mean(own32, x, n // 2)  # b = (m - 1) // 2: the middle one or two
     return RuleResult(model, tuple(RuleVerdict(True, 1.0, "ok") for _ in range(n)), ctx.state)
 
 
@@ -453,14 +457,7 @@ def trimmed_mean(
     frac = p["trim_fraction"]
     b = ctx.num_byzantine if frac < 0 else int(_check_range("trim_fraction", frac, 0, 0.5) * m)
     b = _clamp_f(b, (m - 1) // 2)
-    if b == 0:
-        model = _combine(own32, x, 1.0 / m, _uniform(n))
-    elif m < _KERNEL_MIN_POOL:
-        model = _mean_cols(_sorted_pool(own32, x), b, m - b)
-    else:
-        from dfl.learning import _kernels
-
-        model = _kernels.trimmed_mean(own32, x, b)
+    model = _combine(own32, x, 1.0 / m, _uniform(n)) if b == 0 else _middle_mean(own32, x, b)
     return RuleResult(model, tuple(RuleVerdict(True, 1.0, "ok") for _ in range(n)), ctx.state)
 
 
