@@ -45,6 +45,9 @@ Invariants
   chose, for go-yamux's batching (an update once half a window is consumed). On a 4-daemon
   LeNet testbed that cut event-loop CPU from 1.30-1.37 s to 1.12 s over 5 rounds
   (benchmarks/RESULTS.md, Overhead).
+* Signed peer records (:mod:`dfl.p2p._libp2p_fixes`): py-libp2p attaches one to nearly every
+  gossip RPC and verifies every one it receives; a host caches its own address list and
+  accepts a record it already verified from the same peer without verifying it again.
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")  # read per frame by py-l
 from dfl.crypto import blake2b256
 from dfl.errors import ConfigError, InvalidBlock, UsageError
 from dfl.p2p import wire
+from dfl.p2p._libp2p_fixes import cache_host_addrs, install_record_dedupe
 from dfl.p2p.errors import (
     BlobNotFound,
     P2PError,
@@ -102,6 +106,8 @@ from dfl.p2p.streams import (
 )
 
 __all__ = ["BlobProvider", "HostConfig", "P2PHost", "Validator", "open_host"]
+
+install_record_dedupe()
 
 log = logging.getLogger("dfl.p2p")
 
@@ -455,6 +461,7 @@ class P2PHost:
                 dial_timeout=config.dial_timeout_s,
             ),
         )
+        cache_host_addrs(self._host)  # py-libp2p rebuilds them for nearly every gossip RPC
         network: Any = self._host.get_network()
         # we run our own dialer (bans, backoff); libp2p's would dial every peerstore entry
         network.auto_connector.maybe_connect = _noop

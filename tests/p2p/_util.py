@@ -60,9 +60,21 @@ async def wait_until(cond: Callable[[], bool], timeout_s: float = 10.0, what: st
             await trio.sleep(0.05)
 
 
-async def drain(host: P2PHost, seconds: float) -> list[tuple[str, bytes]]:
-    """Collect every message delivered to ``host`` during ``seconds``."""
+async def drain(
+    host: P2PHost, seconds: float, *, expect: int | None = None, timeout_s: float = 15.0
+) -> list[tuple[str, bytes]]:
+    """Collect every message delivered to ``host`` during ``seconds``.
+
+    With ``expect``: collect until ``expect`` messages arrived (at most ``timeout_s``), then
+    ``seconds`` more, so a duplicate would still be seen, however loaded the machine is.
+    """
     got: list[tuple[str, bytes]] = []
+    if expect is not None:
+        with trio.move_on_after(timeout_s):
+            async for item in host.messages():
+                got.append(item)
+                if len(got) >= expect:
+                    break
     with trio.move_on_after(seconds):
         async for item in host.messages():
             got.append(item)

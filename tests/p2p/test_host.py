@@ -58,8 +58,8 @@ def test_publish_reaches_each_peer_exactly_once() -> None:
                 await a.publish(m)
             await b.publish(b"same-bytes")  # the same payload from two origins: one delivery
             await a.publish(b"same-bytes")
-            got_b = await drain(b, 2.0)
-            got_c = await drain(c, 0.5)
+            got_b = await drain(b, 0.5, expect=len(sent))
+            got_c = await drain(c, 0.5, expect=len(sent) + 1)
             got_a = await drain(a, 0.1)
             assert sorted(d for _, d in got_c) == sorted([*sent, b"same-bytes"])
             assert sorted(d for _, d in got_b) == sorted(sent)
@@ -85,7 +85,7 @@ def test_invalid_message_is_dropped_and_sender_penalized() -> None:
             await a.publish(b"bad header")
             await a.publish(b"raise please")
             await a.publish(b"good header")
-            got = await drain(b, 1.5)
+            got = await drain(b, 0.5, expect=1)
             assert got == [(a.peer_id, b"good header")]
             assert b.stats()["gossip_rejected"] == 2
             assert b.peer_score(a.peer_id) > 0
@@ -110,7 +110,7 @@ def test_oversized_message_is_rejected_before_validation() -> None:
             await mesh_ready([a, b])
             await a.publish(b"x" * 5000)
             await a.publish(b"small")
-            got = await drain(b, 1.5)
+            got = await drain(b, 0.5, expect=1)
             assert got == [(a.peer_id, b"small")]
             assert calls == [5]
             assert b.stats()["gossip_oversized"] == 1
