@@ -284,10 +284,13 @@ def build_cells(
     seeds: Sequence[int] = (0,),
     rules: Sequence[str] | None = None,
     attacks: Sequence[str] | None = None,
+    partitions: Sequence[str] | None = None,
+    shares: Sequence[float] | None = None,
 ) -> list[Cell]:
     """The cells of ``subset`` (``all`` = mlp + lenet + paper; or mlp, lenet, goal, paper, quick).
 
-    ``rules`` / ``attacks`` restrict the chosen subset (None = the subset's own lists).
+    ``rules`` / ``attacks`` / ``partitions`` / ``shares`` restrict the chosen subset (None = the
+    subset's own lists), so a long run can go slice by slice, most informative slice first.
     """
     known = ("all", "mlp", "lenet", "goal", "paper", "quick")
     if subset not in known:
@@ -384,6 +387,10 @@ def build_cells(
                                     eval_samples=360,
                                 )
                             )
+    if partitions is not None:
+        out = [c for c in out if c.partition in partitions]
+    if shares is not None:
+        out = [c for c in out if any(abs(c.malicious - s) < 1e-9 for s in shares)]
     seen: set[str] = set()
     unique = []
     for c in out:

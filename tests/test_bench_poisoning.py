@@ -50,6 +50,11 @@ def test_full_matrix_size_and_keys() -> None:
         ("none", "fedavg", 0.0),
         ("ipm", "fedavg", 0.3),
     ]
+    slice_ = P.build_cells("mlp", partitions=["dirichlet:0.5"], shares=[0.3], rules=["median"])
+    assert len(slice_) == len(P.ATTACK_NAMES) - 1  # every attack but none, which has share 0
+    assert {(c.partition, c.malicious, c.rule) for c in slice_} == {
+        ("dirichlet:0.5", 0.3, "median")
+    }
 
 
 def _tiny() -> list[P.Cell]:
@@ -164,6 +169,14 @@ def test_cli_dry_run_and_resume(ran: tuple[Path, list[object]]) -> None:
     assert res.exit_code == 1 and "unknown rule" in res.output
     res = runner.invoke(main, ["bench", "poisoning", "--quick", "--paper"])
     assert res.exit_code == 1
+    args = ["bench", "poisoning", "--subset", "mlp", "--dry-run", "--out", "x", "--rules", "median"]
+    res = runner.invoke(main, [*args, "--partitions", "iid", "--shares", "0,0.4"])
+    assert res.exit_code == 0, res.output
+    assert f"{len(P.ATTACK_NAMES)} cells (mlp)" in res.output  # none at 0, 11 attacks at 0.4
+    res = runner.invoke(main, [*args, "--shares", "x"])
+    assert res.exit_code == 1 and "--shares" in res.output
+    res = runner.invoke(main, [*args, "--partitions", "nope"])
+    assert res.exit_code == 1 and "no cell matches" in res.output
 
 
 def test_tables_keep_graphs_apart_and_goals_read_the_matrix_degree() -> None:

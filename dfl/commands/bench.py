@@ -53,6 +53,14 @@ def _csv_list(value: str | None) -> list[str] | None:
 @click.option("--rules", default=None, help="Comma-separated rules to keep (default: all).")
 @click.option("--attacks", default=None, help="Comma-separated attacks to keep (default: all).")
 @click.option(
+    "--partitions", default=None, help="Comma-separated partitions to keep (default: all)."
+)
+@click.option(
+    "--shares",
+    default=None,
+    help="Comma-separated malicious shares (or counts) to keep, e.g. 0,0.3 (default: all).",
+)
+@click.option(
     "--workers",
     type=int,
     default=1,
@@ -80,6 +88,8 @@ def poisoning(
     seeds: str,
     rules: str | None,
     attacks: str | None,
+    partitions: str | None,
+    shares: str | None,
     workers: int,
     max_minutes: float | None,
     dry_run: bool,
@@ -108,7 +118,21 @@ def poisoning(
         raise UsageError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
     rule_list, attack_list = _csv_list(rules), _csv_list(attacks)
     _check_names(rule_list, attack_list)
-    cells = P.build_cells(which, seeds=seed_list, rules=rule_list, attacks=attack_list)
+    partition_list = _csv_list(partitions)
+    try:
+        share_list = [float(s) for s in _csv_list(shares) or ()] or None
+    except ValueError:
+        raise UsageError(f"--shares must be comma-separated numbers, got {shares!r}") from None
+    cells = P.build_cells(
+        which,
+        seeds=seed_list,
+        rules=rule_list,
+        attacks=attack_list,
+        partitions=partition_list,
+        shares=share_list,
+    )
+    if not cells:
+        raise UsageError("no cell matches these filters (see --dry-run without them)")
     out = out_dir or Path("runs") / f"bench-poisoning-{which}"
     console = Console()
     done = P.done_keys(out / "results.csv") if resume else set()
