@@ -49,7 +49,7 @@ about 10 s of compilation, to save some 10 ms per round.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -108,7 +108,12 @@ class RuleContext:
         Seed for any randomness (no current rule is randomized).
     evaluate
         ``evaluate(model) -> (accuracy, loss)`` on the *receiver's* validation data; required
-        by ``dfl``, ``ubar`` and ``accuracy_guard``.
+        by ``dfl``, ``ubar`` and ``accuracy_guard`` (unless ``evaluate_many`` is given).
+    evaluate_many
+        Optional ``evaluate_many(models (k, d) float32) -> [(accuracy, loss)] * k``: the same
+        as ``evaluate`` on every row, in one batched call. When given, the rules above score
+        all the models they need in one call (own and the candidates) instead of calling
+        ``evaluate`` once per model; it must return exactly ``k`` finite pairs.
     eval_samples
         How many samples ``evaluate`` scores on (0 = unknown). ``accuracy_guard`` does not
         judge on fewer than its ``min_samples``: the accuracy of a handful is noise.
@@ -125,6 +130,7 @@ class RuleContext:
     round: int = 0
     seed: int = 0
     evaluate: Callable[[npt.NDArray[np.float32]], tuple[float, float]] | None = None
+    evaluate_many: Callable[[npt.NDArray[np.float32]], Sequence[tuple[float, float]]] | None = None
     eval_samples: int = 0
     candidate_ids: tuple[bytes, ...] | None = None
     state: Mapping[str, Any] = field(default_factory=dict)
@@ -139,6 +145,8 @@ class RuleContext:
                 raise UsageError(f"RuleContext.{name} must be >= 0, got {value}")
         if self.evaluate is not None and not callable(self.evaluate):
             raise UsageError("RuleContext.evaluate must be callable or None")
+        if self.evaluate_many is not None and not callable(self.evaluate_many):
+            raise UsageError("RuleContext.evaluate_many must be callable or None")
         if self.candidate_ids is not None:
             if not all(isinstance(c, bytes) for c in self.candidate_ids):
                 raise UsageError("RuleContext.candidate_ids must be a tuple of bytes")
@@ -387,11 +395,42 @@ def _clamp_f(f: int, limit: int) -> int:
 def _evaluate(ctx: RuleContext, model: F32, rule: str) -> tuple[float, float]:
     if ctx.evaluate is None:
         raise UsageError(f"rule {rule!r} needs ctx.evaluate (receiver-side validation)")
-    acc, loss = ctx.evaluate(model)
+    return _finite_pair(ctx.evaluate(model), "ctx.evaluate")
+
+
+def _finite_pair(result: Any, source: str) -> tuple[float, float]:
+    acc, loss = result
     acc_f, loss_f = float(acc), float(loss)
     if not (math.isfinite(acc_f) and math.isfinite(loss_f)):
-        raise UsageError(f"ctx.evaluate returned non-finite (accuracy, loss) = ({acc}, {loss})")
+        raise UsageError(f"{source} returned non-finite (accuracy, loss) = ({acc}, {loss})")
     return acc_f, loss_f
+
+
+def _evaluate_stack(ctx: RuleContext, models: F32, rule: str) -> tuple[F64, F64]:
+    """``(accuracy (k,), loss (k,))`` of every row of ``models`` on the receiver's data: one
+    ``ctx.evaluate_many`` call when given, else ``ctx.evaluate`` per row, in row order."""
+    k = models.shape[0]
+    if ctx.evaluate_many is not None:
+        results = list(ctx.evaluate_many(models))
+        if len(results) != k:
+            raise UsageError(
+                f"ctx.evaluate_many returned {len(results)} (accuracy, loss) pairs for {k} models"
+            )
+        pairs = [_finite_pair(r, "ctx.evaluate_many") for r in results]
+    elif ctx.evaluate is None:
+        raise UsageError(f"rule {rule!r} needs ctx.evaluate (receiver-side validation)")
+    else:
+        pairs = [_evaluate(ctx, models[i], rule) for i in range(k)]
+    out: F64 = np.array(pairs, np.float64).reshape(k, 2)
+    return out[:, 0], out[:, 1]
+
+
+def _own_on_top(own: F32, cands: F32) -> F32:
+    """The stack ``[own, *cands]`` (one copy)."""
+    stack: F32 = np.empty((cands.shape[0] + 1, own.shape[0]), np.float32)
+    stack[0] = own
+    stack[1:] = cands
+    return stack
 
 
 # --------------------------------------------------------------------------------------------
@@ -764,7 +803,8 @@ def dfl(
     below ``params["min_accuracy"]`` (0) or its score is 0. When ``n >= 2`` the worst sender of
     the round (lowest accuracy; ties -> smallest id) has its reputation multiplied by
     ``params["decay"]`` (0.5) in the returned state; other reputations are carried over.
-    Requires ``ctx.evaluate`` and ``ctx.candidate_ids``.
+    Requires ``ctx.evaluate`` (or ``ctx.evaluate_many``: all candidates in one call) and
+    ``ctx.candidate_ids``.
     """
     own32, x, _ = _prepare(own, candidates, weights, ctx)
     p = _params(ctx, {"decay": 0.5, "self_weight": 0.5, "min_accuracy": 0.0}, "dfl")
@@ -782,7 +822,7 @@ def dfl(
     rep = np.array([float(prev.get(i, 1.0)) for i in ids], np.float64)
     if not np.isfinite(rep).all() or (rep < 0).any():
         raise UsageError("dfl reputations must be finite and >= 0")
-    acc = np.array([_evaluate(ctx, x[i], "dfl")[0] for i in range(n)], np.float64)
+    acc, _ = _evaluate_stack(ctx, x, "dfl")
     score = np.clip(acc, 0.0, 1.0) * rep
     ok = (acc >= p["min_accuracy"]) & (score > 0)
     total = float(score[ok].sum())
@@ -813,10 +853,10 @@ def ubar(
     Guo et al., "Towards Byzantine-resilient Learning in Decentralized Systems", 2021. Stage 1
     keeps the ``ceil(rho * n)`` candidates nearest to own in L2 (``rho`` = ``params["rho"]``,
     default ``1 - f/n``: the expected benign fraction). Stage 2 evaluates them
-    (``ctx.evaluate``) and keeps those whose loss is at most own's loss, or the single
-    lowest-loss one if none is. New model: ``alpha * own + (1 - alpha) * mean(kept)``
-    (``alpha`` default 0.5). Verdict score: distance (rejected in stage 1, ``"too-far"``) or
-    loss (``"high-loss"`` / ``"ok"``).
+    (``ctx.evaluate``; own and them in one ``ctx.evaluate_many`` call when given) and keeps
+    those whose loss is at most own's loss, or the single lowest-loss one if none is. New
+    model: ``alpha * own + (1 - alpha) * mean(kept)`` (``alpha`` default 0.5). Verdict score:
+    distance (rejected in stage 1, ``"too-far"``) or loss (``"high-loss"`` / ``"ok"``).
     """
     own32, x, _ = _prepare(own, candidates, weights, ctx)
     p = _params(ctx, {"rho": -1.0, "alpha": 0.5}, "ubar")
@@ -829,10 +869,10 @@ def ubar(
     keep1 = max(1, min(n, math.ceil(rho * n - 1e-9)))
     dist = np.sqrt(_centered_gram(own32, x, full=False))
     near = np.argsort(dist, kind="stable")[:keep1]
-    _, own_loss = _evaluate(ctx, own32, "ubar")
+    _, losses = _evaluate_stack(ctx, _own_on_top(own32, x[near]), "ubar")
+    own_loss = float(losses[0])
     loss = np.full(n, np.nan)
-    for i in near.tolist():
-        loss[i] = _evaluate(ctx, x[i], "ubar")[1]
+    loss[near] = losses[1:]
     ok = np.zeros(n, bool)
     ok[near] = loss[near] <= own_loss
     if not ok.any():
@@ -856,9 +896,10 @@ def accuracy_guard(
 
     The validation idea of DFL (Tian et al.) and UBAR's stage 2 (Guo et al., 2021), as a filter
     meant for :func:`compose`: a candidate is accepted if its accuracy on the receiver's
-    validation data (``ctx.evaluate``) is at least ``ratio`` (default 0.5) times own accuracy.
-    Distance filters cannot see label flipping (flipped models stay close in L2); accuracy on
-    data the attacker never saw can. The bound is relative and loose on purpose: on non-IID
+    validation data (``ctx.evaluate``; own and all candidates in one ``ctx.evaluate_many``
+    call when given) is at least ``ratio`` (default 0.5) times own accuracy. Distance filters
+    cannot see label flipping (flipped models stay close in L2); accuracy on data the attacker
+    never saw can. The bound is relative and loose on purpose: on non-IID
     shards an honest neighbour trained on other labels scores well below own on own data (on
     the MNIST goal cells, dirichlet:0.5, honest neighbours score 0.5-1.0x own after the first
     round), while a label-flipped model scores 0-0.1x own. (A sign-flipped model, one step
@@ -880,8 +921,8 @@ def accuracy_guard(
     if 0 < ctx.eval_samples < min_samples:
         verdicts = tuple(RuleVerdict(True, 0.0, "ok") for _ in range(n))
         return RuleResult(_combine(own32, x, 1.0 / (n + 1), _uniform(n)), verdicts, ctx.state)
-    own_acc, _ = _evaluate(ctx, own32, "accuracy_guard")
-    acc = np.array([_evaluate(ctx, x[i], "accuracy_guard")[0] for i in range(n)])
+    accs, _ = _evaluate_stack(ctx, _own_on_top(own32, x), "accuracy_guard")
+    own_acc, acc = float(accs[0]), accs[1:]
     ok = acc >= ratio * own_acc
     coef = np.where(ok, 1.0 / (1 + int(ok.sum())), 0.0)
     model = _combine(own32, x, 1.0 / (1 + int(ok.sum())), coef)

@@ -51,6 +51,17 @@ def resolve_rule(name: str) -> Rule:
         ) from None
 
 
+def _sanitise(acc: float, loss: float) -> tuple[float, float]:
+    """A model's ``(accuracy, loss)`` made finite. A non-finite loss (NaN or overflowing
+    logits) scores the worst, accuracy 0 and loss ``1e30``: its argmax "predictions" are an
+    artefact (NaN logits all predict class 0, which would score the share of class 0).
+    Otherwise a non-finite accuracy scores 0 and the loss is capped at ``1e30``."""
+    if not np.isfinite(loss):
+        return 0.0, 1e30
+    acc = float(acc) if np.isfinite(acc) else 0.0
+    return acc, min(float(loss), 1e30)
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     lr: float = 0.05
@@ -132,16 +143,30 @@ class Learner:
         10 s for a training epoch on 13,500), while 256 samples still tell a poisoned model
         (accuracy near 0) from an honest one.
         """
-        if len(self.x_val) <= self.rule_eval_samples:
-            return self.evaluate_val(params)
+        x, y = self._rule_data()
+        return self._evaluate(params, x, y)
+
+    def evaluate_many_for_rule(self, stack: np.ndarray) -> list[tuple[float, float]]:
+        """:meth:`evaluate_for_rule` of every row of a ``(k, d)`` stack, in one call.
+
+        What the robust rules call (``ctx.evaluate_many``) to score own and all candidates at
+        once: the same samples, the same numbers and the same sanitising per model as
+        :meth:`evaluate_for_rule` (a model whose loss is not finite scores ``(0.0, 1e30)``),
+        with the set-up shared by all the models (:meth:`Model.evaluate_many`).
+        """
+        x, y = self._rule_data()
+        accs, losses = self.model.evaluate_many(stack, x, y)
+        return [_sanitise(a, lo) for a, lo in zip(accs.tolist(), losses.tolist(), strict=True)]
+
+    def _rule_data(self) -> tuple[np.ndarray, np.ndarray]:
+        """The samples the rules score on (see :attr:`rule_eval_count`)."""
+        if len(self.x_val) == 0:
+            return self.x_train, self.y_train
         n = self.rule_eval_samples
-        return self._evaluate(params, self.x_val[:n], self.y_val[:n])
+        return self.x_val[:n], self.y_val[:n]
 
     def _evaluate(self, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        acc, loss = self.model.evaluate(params, x, y)
-        acc = float(acc) if np.isfinite(acc) else 0.0
-        loss = float(loss) if np.isfinite(loss) else 1e30
-        return acc, min(loss, 1e30)
+        return _sanitise(*self.model.evaluate(params, x, y))
 
     def warm_up(self, rule: str, params: np.ndarray) -> None:
         """Compile what the first aggregation would otherwise compile mid-round: the rule's
@@ -154,6 +179,7 @@ class Learner:
             own_samples=1,
             num_byzantine=1,
             evaluate=self.evaluate_for_rule,
+            evaluate_many=self.evaluate_many_for_rule,
             eval_samples=self.rule_eval_count,
             candidate_ids=(b"\x00" * 32, b"\x01" * 32),
         )
@@ -218,6 +244,7 @@ class Learner:
             round=job.round,
             seed=job.seed,
             evaluate=self.evaluate_for_rule,
+            evaluate_many=self.evaluate_many_for_rule,
             eval_samples=self.rule_eval_count,
             candidate_ids=job.authors,
             state=dict(job.state),

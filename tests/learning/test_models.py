@@ -130,6 +130,80 @@ def test_bad_arguments() -> None:
     assert model.evaluate(p, x[:0], y[:0]) == (0.0, 0.0)
 
 
+def _digits_models(name: str, k: int) -> tuple[Model, np.ndarray]:
+    """A stack of ``k`` distinct ``name`` models on ``digits``, some trained, some not."""
+    ds = load_dataset("digits")
+    model = get_model(name, ds.input_shape, ds.num_classes)
+    rows = []
+    for i in range(k):
+        p = model.init(i)
+        if i % 2:  # trained a little: accuracies well away from chance and from each other
+            n = 40 * (i + 1)
+            p = model.train_local(
+                p, ds.x_train[:n], ds.y_train[:n], epochs=1, batch_size=16, lr=0.05, seed=i
+            )
+        rows.append(p)
+    return model, np.stack(rows)
+
+
+@pytest.mark.parametrize("name", ["logreg", "mlp"])
+@pytest.mark.parametrize("k", [1, 3, 5, 9])
+@pytest.mark.parametrize(("n", "batch_size"), [(300, 1000), (300, 128), (7, 1000)])
+def test_evaluate_many_equals_a_loop_of_evaluate(
+    name: str, k: int, n: int, batch_size: int
+) -> None:
+    ds = load_dataset("digits")
+    model, stack = _digits_models(name, k)
+    x, y = ds.x_test[:n], ds.y_test[:n]
+    acc, loss = model.evaluate_many(stack, x, y, batch_size=batch_size)
+    assert acc.dtype == np.float64 and loss.dtype == np.float64
+    assert acc.shape == (k,) and loss.shape == (k,)
+    expected = np.array([model.evaluate(p, x, y, batch_size=batch_size) for p in stack])
+    np.testing.assert_array_equal(acc, expected[:, 0])
+    np.testing.assert_allclose(loss, expected[:, 1], rtol=1e-5)
+    if k > 1:
+        assert len(set(loss.tolist())) == k  # really k different models
+
+
+def test_evaluate_many_compiles_nothing_new_and_checks_its_input() -> None:
+    model = get_model("logreg", (3, 4, 1), 3)  # a shape no other test uses: fresh trace counters
+    rng = np.random.default_rng(0)
+    x = rng.random((50, 3, 4, 1), dtype=np.float32)
+    y = rng.integers(0, 3, 50)
+    stack = np.stack([model.init(s) for s in range(6)])
+    model.evaluate(stack[0], x, y)
+    traced = model.traces["eval"]
+    for k in range(1, 7):  # any number of models reuses the compiled per-batch function
+        model.evaluate_many(stack[:k], x, y)
+    assert model.traces["eval"] == traced
+    # a non-finite row spoils its own results only
+    bad = stack.copy()
+    bad[2, 0] = np.nan
+    acc, loss = model.evaluate_many(bad, x, y)
+    good_acc, good_loss = model.evaluate_many(stack, x, y)
+    assert not np.isfinite(loss[2])
+    keep = [0, 1, 3, 4, 5]
+    np.testing.assert_array_equal(acc[keep], good_acc[keep])
+    np.testing.assert_array_equal(loss[keep], good_loss[keep])
+    # empty inputs
+    acc, loss = model.evaluate_many(stack[:0], x, y)
+    assert acc.shape == (0,) and loss.shape == (0,)
+    acc, loss = model.evaluate_many(stack[:2], x[:0], y[:0])
+    np.testing.assert_array_equal(acc, [0.0, 0.0])
+    np.testing.assert_array_equal(loss, [0.0, 0.0])
+    # shapes
+    with pytest.raises(UsageError, match=r"\(k, 39\) stack"):
+        model.evaluate_many(stack[0], x, y)  # one flat vector, not a stack
+    with pytest.raises(UsageError, match=r"\(k, 39\) stack"):
+        model.evaluate_many(stack[:, :-1], x, y)
+    with pytest.raises(UsageError, match=r"\(k, 39\) stack"):
+        model.evaluate_many(stack[None], x, y)
+    with pytest.raises(UsageError, match="labels"):
+        model.evaluate_many(stack, x, y + 3)
+    with pytest.raises(UsageError, match="batch_size"):
+        model.evaluate_many(stack, x, y, batch_size=0)
+
+
 def _train_in_worker(model: Model, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return model.train_local(params, x, y, epochs=1, batch_size=8, lr=0.1, seed=1)
 

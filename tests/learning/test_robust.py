@@ -834,3 +834,123 @@ def test_accuracy_guard_does_not_judge_on_a_handful_of_samples() -> None:
     # unknown size (0) judges as before
     unknown = accuracy_guard(own, cands, np.ones(2), RuleContext(evaluate=evaluate))
     assert [v.accepted for v in unknown.verdicts] == [False, False]
+
+
+# ------------------------------------------------------------------------------ evaluate_many
+
+
+def fake_eval_many(stack: np.ndarray) -> list[tuple[float, float]]:
+    """``fake_eval`` of every row, the way a batched evaluator answers."""
+    assert stack.ndim == 2 and stack.dtype == np.float32
+    return [fake_eval(row) for row in stack]
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS_EVAL))
+@FAST
+@given(case=permuted_case(), ratio=st.floats(0.0, 1.0))
+def test_evaluate_many_gives_the_same_result_as_evaluate(
+    name: str, case: Any, ratio: float
+) -> None:
+    own, cands, weights, _, f = case
+    n = cands.shape[0]
+    params = {"ratio": ratio} if name == "accuracy_guard" else {}
+    one = run(name, own, cands, weights, num_byzantine=f, params=params)
+    many = run(
+        name, own, cands, weights, num_byzantine=f, params=params, evaluate_many=fake_eval_many
+    )
+    only_many = RULES[name](
+        own,
+        cands,
+        weights,
+        RuleContext(
+            num_byzantine=f, params=params, evaluate_many=fake_eval_many, candidate_ids=ids(n)
+        ),
+    )
+    for res in (many, only_many):  # evaluate_many is enough on its own
+        assert [(v.accepted, v.reason) for v in res.verdicts] == [
+            (v.accepted, v.reason) for v in one.verdicts
+        ]
+        assert [v.score for v in res.verdicts] == [v.score for v in one.verdicts]
+        np.testing.assert_array_equal(res.model, one.model)
+        assert res.state == one.state
+
+
+@pytest.mark.parametrize("name", ["accuracy_guard", "guarded_balance_trimmed", "dfl", "ubar"])
+def test_rules_score_all_models_in_one_evaluate_many_call(name: str) -> None:
+    own = f32([0.0, 0.0])
+    cands = f32([[0.1, 0.1], [5.0, 5.0], [0.2, -0.1], [0.3, 0.0]])
+    seen: list[np.ndarray] = []
+
+    def evaluate_many(stack: np.ndarray) -> list[tuple[float, float]]:
+        seen.append(stack.copy())
+        return fake_eval_many(stack)
+
+    def evaluate(model: np.ndarray) -> tuple[float, float]:
+        raise AssertionError("evaluate must not be called when evaluate_many is given")
+
+    res = run(name, own, cands, num_byzantine=1, evaluate=evaluate, evaluate_many=evaluate_many)
+    assert len(seen) == 1
+    if name == "dfl":  # candidates only: own is not judged
+        np.testing.assert_array_equal(seen[0], cands)
+    elif name == "ubar":  # own on top of the stage-1 survivors (the 3 nearest of 4)
+        np.testing.assert_array_equal(seen[0], np.vstack([own, cands[[0, 2, 3]]]))
+    else:  # own on top of every candidate
+        np.testing.assert_array_equal(seen[0], np.vstack([own, cands]))
+    if name == "dfl":  # accepts every candidate, weighted by its accuracy
+        assert res.verdicts[1].score == min(v.score for v in res.verdicts)
+    else:
+        assert not res.verdicts[1].accepted  # the far, bad candidate
+
+
+def test_accuracy_guard_same_verdicts_and_model_with_evaluate_many() -> None:
+    from dfl.learning.robust import accuracy_guard
+
+    own = np.zeros(4, np.float32)
+    cands = np.array([[0.1] * 4, [5.0] * 4, [0.2] * 4], np.float32)
+
+    def evaluate(m: np.ndarray) -> tuple[float, float]:
+        acc = 0.8 - 0.15 * float(abs(m).mean())
+        return acc, 1.0 - acc
+
+    def evaluate_many(stack: np.ndarray) -> list[tuple[float, float]]:
+        return [evaluate(m) for m in stack]
+
+    for ratio in (0.5, 0.975):
+        a = accuracy_guard(
+            own, cands, np.ones(3), RuleContext(evaluate=evaluate, params={"ratio": ratio})
+        )
+        b = accuracy_guard(
+            own,
+            cands,
+            np.ones(3),
+            RuleContext(evaluate_many=evaluate_many, params={"ratio": ratio}),
+        )
+        assert b.verdicts == a.verdicts
+        np.testing.assert_array_equal(b.model, a.model)
+    assert [v.accepted for v in a.verdicts] == [True, False, False]  # ratio 0.975
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS_EVAL))
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_evaluate_many_with_the_wrong_number_of_results_is_refused(name: str, delta: int) -> None:
+    def evaluate_many(stack: np.ndarray) -> list[tuple[float, float]]:
+        out = fake_eval_many(stack)
+        return out[:-1] if delta < 0 else [*out, (0.5, 1.0)]
+
+    with pytest.raises(UsageError, match=r"evaluate_many returned \d+ .* for \d+ models"):
+        run(name, [0.0], [[1.0], [2.0], [3.0]], num_byzantine=1, evaluate_many=evaluate_many)
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS_EVAL))
+def test_evaluate_many_with_non_finite_results_is_refused(name: str) -> None:
+    def evaluate_many(stack: np.ndarray) -> list[tuple[float, float]]:
+        return [(0.5, math.nan)] * len(stack)
+
+    with pytest.raises(UsageError, match="evaluate_many returned non-finite"):
+        run(name, [0.0], [[1.0], [2.0]], evaluate_many=evaluate_many)
+
+
+def test_context_checks_evaluate_many() -> None:
+    with pytest.raises(UsageError, match="evaluate_many must be callable"):
+        RuleContext(evaluate_many=42)  # type: ignore[arg-type]
+    assert RuleContext(evaluate_many=fake_eval_many).evaluate_many is fake_eval_many

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 
 from dfl.block import make_block
 from dfl.config import Config, task_manifest
@@ -141,3 +143,112 @@ def test_rule_evaluation_uses_a_capped_subset_and_every_rule_warms_up(tmp_path: 
     # a rule that needs evaluation, ids or kernels must accept the warm-up context
     for rule in (*RULES, "default"):
         learner.warm_up(rule, params)
+
+
+def _digits_learner(rule_eval_samples: int, n: int = 1000) -> tuple[Any, Any, Any]:
+    from dfl.learning.data import load_dataset
+    from dfl.learning.models import get_model
+    from dfl.node.compute import Learner, TrainSettings
+
+    data = load_dataset("digits")
+    model = get_model("logreg", data.input_shape, data.num_classes)
+    x, y = data.x_train[:n], data.y_train[:n]
+    learner = Learner(
+        model, x, y, num_classes=10, settings=TrainSettings(), rule_eval_samples=rule_eval_samples
+    )
+    return data, model, learner
+
+
+def test_evaluate_many_for_rule_matches_evaluate_for_rule_and_scores_broken_models_worst() -> None:
+    data, model, capped = _digits_learner(40)  # 100 validation samples, rules score on 40
+    _, _, whole = _digits_learner(256)  # rules score on all 100
+    _, _, single = _digits_learner(256, n=1)  # no validation data: scores on the 1 training one
+    assert (capped.rule_eval_count, whole.rule_eval_count, single.rule_eval_count) == (40, 100, 1)
+    trained = model.train_local(
+        model.init(0), data.x_train, data.y_train, epochs=1, batch_size=32, lr=0.05, seed=0
+    )
+    p = model.init(1)
+    rows = [
+        trained,
+        p,
+        np.full_like(p, np.nan),
+        np.full_like(p, np.inf),
+        np.full_like(p, -np.inf),
+        np.full_like(p, 3e38),  # finite, but its logits overflow
+    ]
+    for learner in (capped, whole, single):
+        many = learner.evaluate_many_for_rule(np.stack(rows))
+        one = [learner.evaluate_for_rule(r) for r in rows]
+        assert len(many) == len(rows)
+        assert [a for a, _ in many] == [a for a, _ in one]
+        assert [lo for _, lo in many] == pytest.approx([lo for _, lo in one], rel=1e-5)
+        assert many[2:] == [(0.0, 1e30)] * 4  # NaN, +inf, -inf, overflow: the worst, no error
+        assert all(np.isfinite(a) and np.isfinite(lo) for a, lo in many)
+    assert capped.evaluate_many_for_rule(np.stack(rows[:2]))[0][0] > 0.5  # trained: not chance
+
+
+def test_learner_rules_score_all_models_in_one_call_with_the_same_verdicts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dataclasses import replace
+
+    from dfl.learning.robust import RULES, RuleContext
+    from dfl.node.core import Aggregate
+
+    data, model, learner = _digits_learner(256)
+    x, y = data.x_train, data.y_train
+    kw: dict[str, Any] = {"epochs": 1, "batch_size": 32, "lr": 0.05}
+    own = model.train_local(model.init(0), x, y, seed=0, **kw)
+    honest = [model.train_local(own, x[i::3], y[i::3], seed=i, **kw) for i in range(3)]
+    flipped = model.train_local(model.init(5), x, 9 - y, seed=5, **kw)  # label flipping
+    cands = np.stack([*honest, flipped, own * 2.0])
+    ids = tuple(bytes([i]) * 32 for i in range(len(cands)))
+    weights = np.ones(len(cands))
+    for name in ("accuracy_guard", "guarded_balance_trimmed", "dfl", "ubar"):
+        base = RuleContext(
+            num_byzantine=1,
+            evaluate=learner.evaluate_for_rule,
+            eval_samples=learner.rule_eval_count,
+            candidate_ids=ids,
+        )
+        batched = replace(base, evaluate_many=learner.evaluate_many_for_rule)
+        a = RULES[name](own, cands, weights, base)
+        b = RULES[name](own, cands, weights, batched)
+        assert [v.accepted for v in b.verdicts] == [v.accepted for v in a.verdicts], name
+        assert [v.reason for v in b.verdicts] == [v.reason for v in a.verdicts], name
+        assert [v.score for v in b.verdicts] == pytest.approx([v.score for v in a.verdicts]), name
+        np.testing.assert_allclose(b.model, a.model, rtol=1e-6, atol=1e-7)
+        if name == "accuracy_guard":
+            assert not a.verdicts[3].accepted and a.verdicts[3].reason == "low-accuracy"
+    # Learner.aggregate (and warm_up) hand the rules evaluate_many: one call per aggregation
+    calls: list[tuple[str, int]] = []
+    one, many = learner.evaluate_for_rule, learner.evaluate_many_for_rule
+
+    def count_one(m: np.ndarray) -> tuple[float, float]:
+        calls.append(("one", 1))
+        return one(m)
+
+    def count_many(stack: np.ndarray) -> list[tuple[float, float]]:
+        calls.append(("many", len(stack)))
+        return many(stack)
+
+    monkeypatch.setattr(learner, "evaluate_for_rule", count_one)
+    monkeypatch.setattr(learner, "evaluate_many_for_rule", count_many)
+    job = Aggregate(
+        round=1,
+        rule="default",
+        own=own,
+        own_samples=100,
+        candidates=tuple(cands),
+        weights=(100,) * len(cands),
+        authors=ids,
+        num_byzantine=1,
+        seed=0,
+        state={},
+    )
+    done = learner.aggregate(job)
+    assert calls == [("many", len(cands) + 1)]
+    assert done.accepted[3] is False and done.reasons[3] == "low-accuracy"
+    calls.clear()
+    learner.warm_up("default", own)
+    assert calls == [("many", 3)]
