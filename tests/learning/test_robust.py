@@ -239,7 +239,7 @@ def test_multi_krum_hand() -> None:
 def naive_bulyan(pool: np.ndarray, f: int) -> np.ndarray:
     """Reference Bulyan written with plain loops (El Mhamdi et al. 2018, Algorithm 1)."""
     remaining = list(range(len(pool)))
-    selected = []
+    selected: list[int] = []
     theta = len(pool) - 2 * f
     while len(selected) < theta:
         k = max(1, min(len(remaining) - f - 2, len(remaining) - 1))
@@ -609,9 +609,14 @@ def test_accuracy_guard_rejects_models_worse_on_own_data() -> None:
 
 
 @st.composite
-def pools(draw: st.DrawFn, min_m: int = 1) -> np.ndarray:
-    """A float32 pool ``(m, d)`` (row 0 is own)."""
-    m = draw(st.one_of(st.integers(max(1, min_m), 9), st.integers(max(10, min_m), 70)))
+def pools(draw: st.DrawFn, min_m: int = 1, max_m: int = 70) -> np.ndarray:
+    """A float32 pool ``(m, d)`` (row 0 is own), ``min_m <= m <= max_m``."""
+    m = draw(
+        st.one_of(
+            st.integers(max(1, min_m), min(9, max_m)),
+            st.integers(max(10, min_m), max(10, max_m)),
+        ).filter(lambda v: v <= max_m)
+    )
     d = draw(st.sampled_from([1, 2, 5, 31, 32, 33, 64, 97]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     kind = draw(st.sampled_from(["normal", "ties", "duplicates", "huge", "mixed"]))
@@ -954,3 +959,42 @@ def test_context_checks_evaluate_many() -> None:
     with pytest.raises(UsageError, match="evaluate_many must be callable"):
         RuleContext(evaluate_many=42)  # type: ignore[arg-type]
     assert RuleContext(evaluate_many=fake_eval_many).evaluate_many is fake_eval_many
+
+
+def test_small_pool_selection_network_orders_the_wanted_positions() -> None:
+    for m in range(1, R._KERNEL_MIN_POOL):  # 0-1 principle, for every trim of every small pool
+        bits = ((np.arange(2**m)[:, None] >> np.arange(m)) & 1).astype(np.int8)
+        expected = np.sort(bits, axis=1)
+        for b in range((m - 1) // 2 + 1):
+            vals = bits.copy()
+            for i, j in R._selection_network(m, b, m - b):
+                lo = np.minimum(vals[:, i], vals[:, j])
+                vals[:, j] = np.maximum(vals[:, i], vals[:, j])
+                vals[:, i] = lo
+            np.testing.assert_array_equal(vals[:, b : m - b], expected[:, b : m - b])
+    # pruning pays: the middle 3 of 9 need 26 of the 31 comparators of a full sort
+    assert len(R._selection_network(9, 3, 6)) < len(R._selection_network(9, 0, 9))
+
+
+@FAST
+@given(pool=pools(max_m=R._KERNEL_MIN_POOL - 1), data=st.data())
+def test_small_pool_middle_mean_equals_numpy_sort_bit_for_bit(
+    pool: np.ndarray, data: st.DataObject
+) -> None:
+    m = pool.shape[0]
+    b = data.draw(st.integers(0, (m - 1) // 2))
+    s = np.sort(pool, axis=0)[b : m - b]
+    expected = (s.T.sum(axis=1, dtype=np.float64) / (m - 2 * b)).astype(np.float32)
+    got = R._middle_mean(pool[0], pool[1:], b)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)  # -0.0 == 0.0
+
+
+@given(k=st.integers(1, 40), seed=st.integers(0, 2**32 - 1))
+def test_row_sum_follows_numpys_order(k: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    rows = (rng.normal(size=(k, 257)) * 10.0 ** rng.integers(-8, 9, size=(k, 257))).astype(
+        np.float32
+    )
+    expected = rows.T.copy().sum(axis=1, dtype=np.float64)
+    np.testing.assert_array_equal(R._sum_rows64(list(rows)), expected)
