@@ -24,3 +24,13 @@ def test_blob_fetch_between_two_processes() -> None:
     rates = trio.run(N.blob_processes, (4_000, 400_000), 2)
     assert sorted(rates) == [4_000, 400_000]
     assert all(len(r) == 2 and all(x > 0 for x in r) for r in rates.values())
+
+
+def test_gossip_cpu_child_runs_both_variants_and_delivers_everything() -> None:
+    from benchmarks import gossip_cpu as G
+
+    for fixes in (False, True):  # each in its own interpreter, as the benchmark runs them
+        r = G._run_child(8, fixes)
+        assert r["expected"] == 8 * (G.HOSTS - 1)
+        assert r["delivered"] == r["expected"]
+        assert r["cpu_s"] > 0 and r["ms_per_delivery"] > 0
