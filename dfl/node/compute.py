@@ -141,10 +141,15 @@ class Learner:
         random subset keeps that cost a small share of training (with LeNet, one pass over
         1,500 validation samples took 0.33 s CPU here, over 256 samples 0.043 s, against about
         10 s for a training epoch on 13,500), while 256 samples still tell a poisoned model
-        (accuracy near 0) from an honest one.
+        (accuracy near 0) from an honest one. One row of :meth:`evaluate_many_for_rule`, so a
+        rule scores the same with either.
         """
-        x, y = self._rule_data()
-        return self._evaluate(params, x, y)
+        flat = np.asarray(params, dtype=np.float32)
+        if flat.shape != (self.model.num_params,):
+            raise UsageError(
+                f"expected a flat vector of {self.model.num_params} params, got {flat.shape}"
+            )
+        return self.evaluate_many_for_rule(flat[None])[0]
 
     def evaluate_many_for_rule(self, stack: np.ndarray) -> list[tuple[float, float]]:
         """:meth:`evaluate_for_rule` of every row of a ``(k, d)`` stack, in one call.
