@@ -998,3 +998,30 @@ def test_row_sum_follows_numpys_order(k: int, seed: int) -> None:
     )
     expected = rows.T.copy().sum(axis=1, dtype=np.float64)
     np.testing.assert_array_equal(R._sum_rows64(list(rows)), expected)
+
+
+def test_compose_checks_the_pool_once_and_still_refuses_non_finite_models(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(0)
+    own = rng.normal(size=50).astype(np.float32)
+    cands = (own + 0.01 * rng.normal(size=(6, 50))).astype(np.float32)
+    ctx = RuleContext(num_byzantine=1, evaluate=lambda m: (1.0, 0.1), eval_samples=64)
+    scans: list[int] = []
+    real = R._all_finite
+
+    def counting(x: np.ndarray) -> bool:
+        scans.append(x.shape[0])
+        return real(x)
+
+    monkeypatch.setattr(R, "_all_finite", counting)
+    res = RULES["guarded_balance_trimmed"](own, cands, np.ones(6), ctx)
+    assert all(v.accepted for v in res.verdicts)
+    assert sorted(scans) == [6, 50]  # the candidates and own, once each, for three layers
+    bad = cands.copy()
+    bad[3, 7] = np.nan
+    for name in ("guarded_balance_trimmed", "balance_trimmed", "trimmed_mean"):
+        with pytest.raises(UsageError, match="non-finite"):
+            RULES[name](own, bad, np.ones(6), ctx)
+    with pytest.raises(UsageError, match="non-finite"):
+        RULES["balance_trimmed"](np.full_like(own, np.inf), cands, np.ones(6), ctx)
