@@ -399,7 +399,7 @@ def _middle_mean_small(own: F32, cands: F32, b: int) -> F32:
     over whole model vectors (:func:`_selection_network`) instead of sorting a transposed
     copy row by row. The same values come out in the same positions, summed in numpy's order,
     so the result equals the sorted version bit for bit (``-0.0`` and ``0.0`` aside). With
-    the MLP (159,010 values), own + 8 candidates and ``b = 3``: 25 comparators."""
+    the MLP (159,010 values), own + 8 candidates and ``b = 3``: 26 comparators."""
     m = cands.shape[0] + 1
     buf = np.empty((m, own.shape[0]), np.float32)
     buf[0] = own

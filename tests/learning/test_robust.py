@@ -972,7 +972,7 @@ def test_small_pool_selection_network_orders_the_wanted_positions() -> None:
                 vals[:, j] = np.maximum(vals[:, i], vals[:, j])
                 vals[:, i] = lo
             np.testing.assert_array_equal(vals[:, b : m - b], expected[:, b : m - b])
-    # pruning pays: the middle 3 of 9 need 26 of the 31 comparators of a full sort
+    # pruning pays: the middle 3 of 9 need 26 of the 28 comparators of a full sort
     assert len(R._selection_network(9, 3, 6)) < len(R._selection_network(9, 0, 9))
 
 
