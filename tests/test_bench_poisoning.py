@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,41 @@ def test_tables_keep_graphs_apart_and_goals_read_the_matrix_degree() -> None:
     report = P.goal_report(rows, "fedavg")
     assert "ipm" not in report.split("\n")[0]  # 95.5 % at the matrix degree: not a miss
     assert "96.0 % vs 96.0 %" in report
+
+
+def test_merge_keeps_the_last_version_of_each_cell_and_relabels_goal_rows(tmp_path: Path) -> None:
+    from benchmarks import merge_poisoning as M
+
+    def row(key: str, matrix: str, degree: int, acc: str) -> dict[str, object]:
+        return {
+            "key": key,
+            "matrix": matrix,
+            "dataset": "mnist",
+            "model": "mlp",
+            "nodes": 20,
+            "degree": degree,
+            "honest_accuracy_mean": acc,
+            "finished_utc": "2026-11-22T00:00:00Z",
+        }
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, rows in (
+        (a, [row("k1", "goal", 8, "0.5"), row("k2", "goal", 4, "0.6")]),
+        (b, [row("k1", "mlp", 8, "0.7"), row("k3", "mlp", 8, "0.8")]),
+    ):
+        d.mkdir()
+        for r in rows:
+            P._append_row(d / "results.csv", r)
+            P._append_line(d / "curves.jsonl", json.dumps({"key": r["key"], "curve": [[1]]}) + "\n")
+    rows, curves = M.merge_rows([a, b])
+    got = {r["key"]: (r["matrix"], r["honest_accuracy_mean"]) for r in rows}
+    assert got == {"k1": ("mlp", "0.7"), "k2": ("goal", "0.6"), "k3": ("mlp", "0.8")}
+    assert [r["key"] for r in rows] == ["k1", "k2", "k3"]
+    M.write_merged(rows, curves, tmp_path / "out")
+    assert [r["key"] for r in P.read_rows(tmp_path / "out" / "results.csv")] == ["k1", "k2", "k3"]
+    lines = (tmp_path / "out" / "curves.jsonl").read_text().splitlines()
+    assert [json.loads(x)["key"] for x in lines] == ["k1", "k2", "k3"]
+    md = tmp_path / "R.md"
+    md.write_text("## Poisoning\n\nCommand: x  \nCells in the CSV: 3\n\nmy notes\n\n### Goals\n\n")
+    assert M.current_notes(md) == "my notes"
+    assert M.current_notes(tmp_path / "missing.md") == ""

@@ -1,0 +1,122 @@
+"""Merge poisoning runs into the committed results: ``benchmarks/results/poisoning*``.
+
+The matrix runs for days on this machine, so it runs slice by slice, in several output
+directories, across sessions (``dfl bench poisoning --subset mlp --partitions P --shares S
+--resume --out DIR``). This script folds such directories into the committed CSV and curves,
+redraws the plots and rewrites the ``## Poisoning`` section of ``benchmarks/RESULTS.md``,
+keeping that section's hand-written notes::
+
+    python -m benchmarks.merge_poisoning runs/slice-a runs/slice-b
+
+Rows are matched by cell key; a later source replaces an earlier one (the committed CSV comes
+first). Degree-8 MNIST MLP rows of the ``goal`` subset are relabelled ``mlp``: they are cells of
+the mlp matrix (same keys), so they belong in its tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from benchmarks import poisoning as P
+from benchmarks._results import RESULTS
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def merge_rows(sources: list[Path]) -> tuple[list[dict[str, str]], dict[str, str]]:
+    """Rows (first-seen order, last version) and curve lines of every ``results.csv`` and
+    ``curves.jsonl`` pair, given as ``(csv_path, curves_path)`` directories or files."""
+    rows: dict[str, dict[str, str]] = {}
+    curves: dict[str, str] = {}
+    for src in sources:
+        csv_path, curves_path = _paths(src)
+        for r in P.read_rows(csv_path):
+            rows[r["key"]] = r
+        if curves_path.exists():
+            for line in curves_path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    curves[json.loads(line)["key"]] = line
+    for r in rows.values():
+        if (
+            r["matrix"] == "goal"
+            and r["degree"] == str(P.MATRIX_DEGREE)
+            and (r["dataset"], r["model"], r["nodes"]) == ("mnist", "mlp", "20")
+        ):
+            r["matrix"] = "mlp"
+    return list(rows.values()), curves
+
+
+def _paths(src: Path) -> tuple[Path, Path]:
+    if src.is_dir():
+        return src / "results.csv", src / "curves.jsonl"
+    return src, src.with_name(src.stem + "_curves.jsonl")
+
+
+def write_merged(rows: list[dict[str, str]], curves: dict[str, str], out_dir: Path) -> None:
+    """``out_dir/results.csv`` and ``out_dir/curves.jsonl`` in :data:`P.CSV_COLUMNS` order."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "results.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(P.CSV_COLUMNS), lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: r.get(c, "") for c in P.CSV_COLUMNS})
+    with open(out_dir / "curves.jsonl", "w", encoding="utf-8") as f:
+        for r in rows:
+            if r["key"] in curves:
+                f.write(curves[r["key"]] + "\n")
+
+
+def current_notes(results_md: Path = RESULTS) -> str:
+    """The hand-written part of the ``## Poisoning`` section (between the header lines and
+    ``### Goals``), or ``""``."""
+    if not results_md.exists():
+        return ""
+    text = results_md.read_text(encoding="utf-8")
+    start = text.find("## Poisoning")
+    if start < 0:
+        return ""
+    section = text[start:]
+    head = section.find("Cells in the CSV:")
+    goals = section.find("### Goals")
+    if head < 0 or goals < 0:
+        return ""
+    body_start = section.find("\n\n", head)
+    return section[body_start:goals].strip() if 0 <= body_start < goals else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dirs", nargs="+", type=Path, help="output directories of poisoning runs")
+    ap.add_argument("--command", default=None, help="command line to record in RESULTS.md")
+    ap.add_argument("--notes", type=Path, default=None, help="notes file (default: keep)")
+    args = ap.parse_args(argv)
+    rows, curves = merge_rows([RESULTS_DIR / "poisoning.csv", *args.dirs])
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        write_merged(rows, curves, out)
+        plots = P.plot_all(out)
+        shutil.copy(out / "results.csv", RESULTS_DIR / "poisoning.csv")
+        shutil.copy(out / "curves.jsonl", RESULTS_DIR / "poisoning_curves.jsonl")
+        copied = []
+        for p in plots:  # the goal slice's plots; the rest stay in the run directories
+            if "mnist_mlp_dirichlet0.5" in p.name and p.name.endswith("_m0.3.png"):
+                shutil.copy(p, RESULTS_DIR / f"poisoning_{p.name}")
+                copied.append(p.name)
+    notes = args.notes.read_text(encoding="utf-8") if args.notes else current_notes()
+    command = args.command or (
+        "dfl bench poisoning --subset S [--partitions P --shares S --rules R --attacks A] "
+        "--resume --out DIR, one DIR per slice, merged with python -m benchmarks.merge_poisoning"
+    )
+    path = P.write_results_section(rows, command=command, notes=notes)
+    print(f"{len(rows)} rows -> {RESULTS_DIR / 'poisoning.csv'}; plots: {', '.join(copied)}")
+    print(f"updated {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
