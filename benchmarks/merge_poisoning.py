@@ -91,7 +91,7 @@ def current_notes(results_md: Path = RESULTS) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dirs", nargs="+", type=Path, help="output directories of poisoning runs")
+    ap.add_argument("dirs", nargs="*", type=Path, help="output directories of poisoning runs")
     ap.add_argument("--command", default=None, help="command line to record in RESULTS.md")
     ap.add_argument("--notes", type=Path, default=None, help="notes file (default: keep)")
     args = ap.parse_args(argv)
