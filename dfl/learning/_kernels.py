@@ -33,6 +33,8 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from dfl.learning._networks import selection_network
+
 __all__ = ["LANES", "bulyan_select", "median", "network", "trimmed_mean", "window_mean"]
 
 LANES = 32  # columns per tile: 128 bytes (two cache lines) per pool row; best of 16/32/64
@@ -51,40 +53,11 @@ _alloca_once_value: Any = cgutils.alloca_once_value  # a stack slot in the entry
 # --------------------------------------------------------------------------------------------
 
 
-def _batcher_pairs(size: int) -> list[tuple[int, int]]:
-    """Comparators ``(i, j)``, ``i < j`` (min to ``i``), of Batcher's odd-even merge sort for
-    ``size`` inputs (a power of two), in execution order."""
-    pairs: list[tuple[int, int]] = []
-    p = 1
-    while p < size:
-        k = p
-        while k >= 1:
-            for j in range(k % p, size - k, 2 * k):
-                for i in range(min(k, size - j - k)):
-                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
-                        pairs.append((i + j, i + j + k))
-            k //= 2
-        p *= 2
-    return pairs
-
-
 @functools.cache
 def network(m: int, lo: int = 0, hi: int = -1) -> I32:
     """Comparators (a ``(c, 2)`` int32 array) that sort ``m`` inputs at least enough to put the
     right values in the sorted positions ``lo:hi`` (``hi = -1``: ``m``)."""
-    hi = m if hi < 0 else hi
-    size = 1
-    while size < m:
-        size *= 2
-    pairs = [(i, j) for i, j in _batcher_pairs(size) if j < m]
-    needed = set(range(lo, hi))
-    kept: list[tuple[int, int]] = []
-    for i, j in reversed(pairs):
-        if i in needed or j in needed:
-            kept.append((i, j))
-            needed.update((i, j))
-    kept.reverse()
-    out: I32 = np.array(kept, dtype=np.int32).reshape(-1, 2)
+    out: I32 = np.array(selection_network(m, lo, hi), dtype=np.int32).reshape(-1, 2)
     out.setflags(write=False)
     return out
 

@@ -48,7 +48,6 @@ first run after an install, about 10 s of compilation.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -58,6 +57,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dfl.errors import UsageError
+from dfl.learning._networks import selection_network
 
 __all__ = [
     "RULES",
@@ -341,36 +341,6 @@ def _pool_sqdist(gram: F64) -> F64:
     return sq
 
 
-@functools.cache
-def _selection_network(m: int, lo: int, hi: int) -> tuple[tuple[int, int], ...]:
-    """Comparators ``(i, j)``, ``i < j``, that leave positions ``lo:hi`` of ``m`` values in
-    sorted order: Batcher's odd-even merge sort for the next power of two, minus comparators
-    that touch a position ``>= m`` (there sits ``+inf``, which no comparator moves) and
-    comparators no later kept comparator or wanted position depends on."""
-    n = 1
-    while n < m:
-        n *= 2
-    net: list[tuple[int, int]] = []
-    p = 1
-    while p < n:
-        k = p
-        while k >= 1:
-            for j in range(k % p, n - k, 2 * k):
-                for i in range(min(k, n - j - k)):
-                    a, c = i + j, i + j + k
-                    if a // (2 * p) == c // (2 * p) and c < m:
-                        net.append((a, c))
-            k //= 2
-        p *= 2
-    needed = set(range(lo, hi))
-    kept: list[tuple[int, int]] = []
-    for a, c in reversed(net):
-        if a in needed or c in needed:
-            kept.append((a, c))
-            needed.update((a, c))
-    return tuple(reversed(kept))
-
-
 def _sum_rows64(rows: list[F32]) -> F64:
     """``np.sum`` of ``rows`` stacked as columns, ``axis=1, dtype=float64``, in numpy's own
     order (sequential below 8 terms, eight running sums combined pairwise from 8 on), so the
@@ -396,17 +366,15 @@ def _sum_rows64(rows: list[F32]) -> F64:
 
 def _middle_mean_small(own: F32, cands: F32, b: int) -> F32:
     """:func:`_middle_mean` of a small pool in numpy: an elementwise min/max selection network
-    over whole model vectors (:func:`_selection_network`) instead of sorting a transposed
+    over whole model vectors (:func:`~dfl.learning._networks.selection_network`) instead of
+    sorting a transposed
     copy row by row. The same values come out in the same positions, summed in numpy's order,
     so the result equals the sorted version bit for bit (``-0.0`` and ``0.0`` aside). With
     the MLP (159,010 values), own + 8 candidates and ``b = 3``: 26 comparators."""
     m = cands.shape[0] + 1
-    buf = np.empty((m, own.shape[0]), np.float32)
-    buf[0] = own
-    buf[1:] = cands
-    pos = list(buf)
+    pos = list(_own_on_top(own, cands))
     spare = np.empty_like(own)
-    for i, j in _selection_network(m, b, m - b):
+    for i, j in selection_network(m, b, m - b):
         np.minimum(pos[i], pos[j], out=spare)
         np.maximum(pos[i], pos[j], out=pos[j])
         pos[i], spare = spare, pos[i]

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from dfl.errors import UsageError
 from dfl.learning import robust as R
+from dfl.learning._networks import selection_network
 from dfl.learning.robust import RULES, RuleContext, RuleResult
 
 FAST = settings(max_examples=30, deadline=None)
@@ -967,13 +968,13 @@ def test_small_pool_selection_network_orders_the_wanted_positions() -> None:
         expected = np.sort(bits, axis=1)
         for b in range((m - 1) // 2 + 1):
             vals = bits.copy()
-            for i, j in R._selection_network(m, b, m - b):
+            for i, j in selection_network(m, b, m - b):
                 lo = np.minimum(vals[:, i], vals[:, j])
                 vals[:, j] = np.maximum(vals[:, i], vals[:, j])
                 vals[:, i] = lo
             np.testing.assert_array_equal(vals[:, b : m - b], expected[:, b : m - b])
     # pruning pays: the middle 3 of 9 need 26 of the 28 comparators of a full sort
-    assert len(R._selection_network(9, 3, 6)) < len(R._selection_network(9, 0, 9))
+    assert len(selection_network(9, 3, 6)) < len(selection_network(9, 0, 9))
 
 
 @FAST
