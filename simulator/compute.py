@@ -120,16 +120,7 @@ class _Worker:
         the model's jit cache makes later calls with the same batch size reuse them."""
         sc = self.world.scenario
         params = self.model.init(sc.seed)
-        n = min(len(self.data.y_train), sc.batch_size)
-        self.model.train_local(
-            params,
-            self.data.x_train[:n],
-            self.data.y_train[:n],
-            epochs=1,
-            batch_size=sc.batch_size,
-            lr=sc.lr,
-            seed=0,
-        )
+        self.model.compile_training([len(p) for p in self.parts], sc.batch_size)
         self.model.evaluate(params, self.x_eval[:10], self.y_eval[:10])
 
     def learner(self, i: int) -> Learner:

@@ -6,6 +6,7 @@ import multiprocessing
 import pickle
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -240,3 +241,48 @@ def test_centralized_mnist_accuracy() -> None:
                         seed=0)  # fmt: skip
     acc, _ = mlp.evaluate(p, ds.x_test, ds.y_test)
     assert acc >= 0.93, acc  # measured 0.953
+
+
+@pytest.mark.parametrize("name", ["logreg", "mlp"])
+def test_dense_chunked_steps_match_step_by_step(name: str) -> None:
+    """Dense models run an epoch in jitted chunks (one of 256 steps and one padded to 64 here);
+    the result is bit-identical to calling the jitted step once per batch."""
+    model = get_model(name, (5, 6, 1), 4)
+    rng = np.random.default_rng(1)
+    n, bs, lr, mom, seed = 1205, 4, 0.05, 0.5, 11  # 302 steps, the last one 1 sample short
+    x = rng.random((n, 5, 6, 1), dtype=np.float32)
+    y = rng.integers(0, 4, n)
+    p0 = model.init(2)
+    got = model.train_local(p0, x, y, epochs=2, batch_size=bs, lr=lr, momentum=mom, seed=seed)
+
+    steps = -(-n // bs)
+    mask = np.zeros(steps * bs, dtype=np.float32)
+    mask[:n] = 1.0
+    w, v = jnp.asarray(p0), jnp.zeros(model.num_params, dtype=jnp.float32)
+    order_rng = np.random.default_rng(seed)
+    for _ in range(2):
+        order = np.concatenate([order_rng.permutation(n), np.zeros(steps * bs - n, np.int64)])
+        for s in range(steps):
+            idx = order[s * bs : (s + 1) * bs]
+            w, v = model._step(
+                w, v, x[idx], y[idx], mask[s * bs : (s + 1) * bs], np.float32(lr), np.float32(mom)
+            )
+    np.testing.assert_array_equal(got, np.asarray(w))
+    assert not np.array_equal(got, p0)
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet"])
+def test_compile_training_covers_the_shards(name: str) -> None:
+    model = get_model(name, (8, 7, 1), 3)  # a shape no other test uses: fresh trace counters
+    sizes = [40, 300, 2100]  # batch 8: 5, 38, 263 (= 256 + 7) steps: mlp capacities 8, 64, 256
+    assert model.compile_training(sizes, 8) == (1 if name == "lenet" else 3)
+    assert model.compile_training(sizes, 8) == 0
+    before = model.traces
+    rng = np.random.default_rng(0)
+    p = model.init(0)
+    for n in sizes:
+        x = rng.random((n, 8, 7, 1), dtype=np.float32)
+        p = model.train_local(p, x, rng.integers(0, 3, n), epochs=1, batch_size=8, lr=0.1, seed=n)
+    assert model.traces == before
+    with pytest.raises(UsageError, match="batch_size"):
+        model.compile_training(sizes, 0)
