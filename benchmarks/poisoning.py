@@ -219,7 +219,9 @@ class Cell:
         )
 
     def scenario(self, workers: int = 1) -> Any:
-        """The simulator scenario of this cell."""
+        """The simulator scenario of this cell. It names the resolved rule, so a cell always runs
+        the rule its key records, even if ``DEFAULT_RULE`` changes on disk while a long run is
+        going (worker processes import the code afresh)."""
         from simulator.scenario import Scenario
 
         return Scenario(
@@ -231,7 +233,7 @@ class Cell:
             dataset=self.dataset,
             model=self.model,
             partition=self.partition,
-            rule=self.rule,
+            rule=self.rule_resolved,
             attack=self.attack,
             malicious=self.malicious,
             seed=self.seed,

@@ -41,6 +41,8 @@ def test_full_matrix_size_and_keys() -> None:
     assert P.build_cells("mlp")[0].key == mlp[0].key
     default = next(c for c in mlp if c.rule == "default")
     assert f"default={default.rule_resolved}" in default.key
+    # ... and its scenario runs that very rule (workers never resolve "default" themselves)
+    assert default.scenario().rule == default.rule_resolved != "default"
     assert all(a in ATTACKS for a in P.ATTACK_NAMES)
     assert all(r in RULES for r in (*P.GOAL_RULES, *P.LENET_RULES) if r != "default")
     quick = P.build_cells("quick")
