@@ -19,7 +19,7 @@ from dfl.learning.robust import RULES, RuleContext, RuleResult
 
 FAST = settings(max_examples=30, deadline=None)
 ALL = sorted(RULES)
-NEEDS_EVAL = {"dfl", "ubar", "accuracy_guard", "guarded_balance_trimmed"}
+NEEDS_EVAL = {"dfl", "ubar", "accuracy_guard", "guarded_balance_trimmed", "guarded_balance_median"}
 
 
 def f32(x: Any) -> np.ndarray:
@@ -881,7 +881,10 @@ def test_evaluate_many_gives_the_same_result_as_evaluate(
         assert res.state == one.state
 
 
-@pytest.mark.parametrize("name", ["accuracy_guard", "guarded_balance_trimmed", "dfl", "ubar"])
+@pytest.mark.parametrize(
+    "name",
+    ["accuracy_guard", "guarded_balance_trimmed", "guarded_balance_median", "dfl", "ubar"],
+)
 def test_rules_score_all_models_in_one_evaluate_many_call(name: str) -> None:
     own = f32([0.0, 0.0])
     cands = f32([[0.1, 0.1], [5.0, 5.0], [0.2, -0.1], [0.3, 0.0]])
@@ -1016,12 +1019,15 @@ def test_compose_checks_the_pool_once_and_still_refuses_non_finite_models(
         return real(x)
 
     monkeypatch.setattr(R, "_all_finite", counting)
-    res = RULES["guarded_balance_trimmed"](own, cands, np.ones(6), ctx)
-    assert all(v.accepted for v in res.verdicts)
-    assert sorted(scans) == [6, 50]  # the candidates and own, once each, for three layers
+    for name in ("guarded_balance_trimmed", "guarded_balance_median"):
+        scans.clear()
+        res = RULES[name](own, cands, np.ones(6), ctx)
+        assert all(v.accepted for v in res.verdicts)
+        assert sorted(scans) == [6, 50]  # the candidates and own, once each, for three layers
     bad = cands.copy()
     bad[3, 7] = np.nan
-    for name in ("guarded_balance_trimmed", "balance_trimmed", "trimmed_mean"):
+    names = ("guarded_balance_trimmed", "guarded_balance_median", "balance_trimmed", "median")
+    for name in (*names, "trimmed_mean"):
         with pytest.raises(UsageError, match="non-finite"):
             RULES[name](own, bad, np.ones(6), ctx)
     with pytest.raises(UsageError, match="non-finite"):

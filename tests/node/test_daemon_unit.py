@@ -205,7 +205,13 @@ def test_learner_rules_score_all_models_in_one_call_with_the_same_verdicts(
     cands = np.stack([*honest, flipped, own * 2.0])
     ids = tuple(bytes([i]) * 32 for i in range(len(cands)))
     weights = np.ones(len(cands))
-    for name in ("accuracy_guard", "guarded_balance_trimmed", "dfl", "ubar"):
+    for name in (
+        "accuracy_guard",
+        "guarded_balance_trimmed",
+        "guarded_balance_median",
+        "dfl",
+        "ubar",
+    ):
         base = RuleContext(
             num_byzantine=1,
             evaluate=learner.evaluate_for_rule,
