@@ -48,7 +48,69 @@ def merge_rows(sources: list[Path]) -> tuple[list[dict[str, str]], dict[str, str
             and (r["dataset"], r["model"], r["nodes"]) == ("mnist", "mlp", "20")
         ):
             r["matrix"] = "mlp"
-    return list(rows.values()), curves
+    out = follow_default(list(rows.values()), curves, _default_rule())
+    return out, curves
+
+
+def _default_rule() -> str:
+    from dfl.node.compute import DEFAULT_RULE
+
+    return DEFAULT_RULE
+
+
+def _with_rule(key: str, rule: str) -> str:
+    """``key`` with its rule field (the 8th, ``.../attack/RULE/sSEED/...``) replaced."""
+    parts = key.split("/")
+    parts[7] = rule
+    return "/".join(parts)
+
+
+def follow_default(
+    rows: list[dict[str, str]], curves: dict[str, str], default_rule: str
+) -> list[dict[str, str]]:
+    """Make the ``default`` rows name the current ``DEFAULT_RULE``.
+
+    A ``default`` row of an earlier default is the same deterministic run as that rule's own
+    row: it is dropped, or renamed to that rule when the rule's row is missing. Every row of the
+    current default rule gets a ``default`` alias (as ``run_cells`` writes it), unless one is
+    there. ``curves`` gains the renamed and aliased keys.
+    """
+    keys = {r["key"] for r in rows}
+    out: list[dict[str, str]] = []
+    for r in rows:
+        if r.get("rule") == "default" and r.get("rule_resolved") != default_rule:
+            own_key = _with_rule(r["key"], r["rule_resolved"])
+            if own_key in keys:
+                continue
+            if r["key"] in curves:
+                curves[own_key] = _rekey(curves[r["key"]], own_key)
+            r = {**r, "key": own_key, "rule": r["rule_resolved"], "note": ""}
+            keys.add(own_key)
+        out.append(r)
+    for r in list(out):
+        if r.get("rule") != default_rule:
+            continue
+        alias = _with_rule(r["key"], f"default={default_rule}")
+        if alias in keys:
+            continue
+        out.append(
+            {
+                **r,
+                "key": alias,
+                "rule": "default",
+                "note": f"same deterministic run as rule {default_rule}",
+            }
+        )
+        keys.add(alias)
+        if r["key"] in curves:
+            curves[alias] = _rekey(curves[r["key"]], alias)
+    return out
+
+
+def _rekey(line: str, key: str) -> str:
+    d = json.loads(line)
+    d["key"] = key
+    return json.dumps(d)
 
 
 def _paths(src: Path) -> tuple[Path, Path]:

@@ -258,3 +258,39 @@ def test_merge_keeps_the_last_version_of_each_cell_and_relabels_goal_rows(tmp_pa
     md.write_text("## Poisoning\n\nCommand: x  \nCells in the CSV: 3\n\nmy notes\n\n### Goals\n\n")
     assert M.current_notes(md) == "my notes"
     assert M.current_notes(tmp_path / "missing.md") == ""
+
+
+def test_merge_follows_the_current_default_rule() -> None:
+    from benchmarks import merge_poisoning as M
+
+    def key(attack: str, rule: str) -> str:
+        return f"mnist/mlp/dirichlet:0.5/n20/k_regular8/m0.3/{attack}/{rule}/s0/r20/lr0.3/e1/b32"
+
+    def row(attack: str, rule: str, resolved: str, acc: str) -> dict[str, str]:
+        name = "default" if rule.startswith("default=") else rule
+        return {"key": key(attack, rule), "rule": name, "rule_resolved": resolved,
+                "honest_accuracy_mean": acc, "note": ""}  # fmt: skip
+
+    rows = [
+        row("ipm", "default=old", "old", "0.1"),  # twin present: dropped
+        row("ipm", "old", "old", "0.1"),
+        row("alie", "default=old", "old", "0.2"),  # twin missing: renamed
+        row("ipm", "new", "new", "0.3"),  # gets a default alias
+        row("alie", "new", "new", "0.4"),
+        row("alie", "default=new", "new", "0.4"),  # alias already there
+    ]
+    curves = {r["key"]: json.dumps({"key": r["key"], "curve": [[1.0]]}) for r in rows}
+    out = M.follow_default(rows, curves, "new")
+    got = sorted((r["key"].split("/")[6], r["rule"], r["honest_accuracy_mean"]) for r in out)
+    assert got == [
+        ("alie", "default", "0.4"),
+        ("alie", "new", "0.4"),
+        ("alie", "old", "0.2"),
+        ("ipm", "default", "0.3"),
+        ("ipm", "new", "0.3"),
+        ("ipm", "old", "0.1"),
+    ]
+    alias = key("ipm", "default=new")
+    assert json.loads(curves[alias])["key"] == alias
+    assert json.loads(curves[key("alie", "old")])["key"] == key("alie", "old")
+    assert next(r for r in out if r["key"] == alias)["note"].startswith("same deterministic run")
