@@ -4,6 +4,7 @@ Usage::
 
     python -m benchmarks.sim            # 100 nodes x 10 rounds, 1,000 nodes x 3 rounds
     python -m benchmarks.sim --quick    # 100 nodes x 3 rounds only
+    python -m benchmarks.sim --rule guarded_balance_trimmed --only-100 --no-write  # compare
 
 Every configuration runs in a fresh child process (so peak RSS is its own): a k-regular topology
 of degree 4, ``dirichlet:0.5`` shards, the default robust rule, signature checks on, worker
@@ -56,7 +57,7 @@ def _median_seconds(fn: Any, repeats: int = 50) -> float:
     return times[len(times) // 2]
 
 
-def run_one(nodes: int, rounds: int, workers: int) -> dict[str, Any]:
+def run_one(nodes: int, rounds: int, workers: int, rule: str = "default") -> dict[str, Any]:
     """Run one configuration in this process; return its summary plus derived numbers."""
     from dfl.block import decode
     from dfl.crypto import blake2b256
@@ -71,6 +72,7 @@ def run_one(nodes: int, rounds: int, workers: int) -> dict[str, Any]:
         model="mlp",
         topology="k_regular",
         degree=4,
+        rule=rule,
         workers=workers,
         eval_samples=1000,
         eval_every=5,
@@ -99,13 +101,13 @@ def run_one(nodes: int, rounds: int, workers: int) -> dict[str, Any]:
     return s
 
 
-def _child(nodes: int, rounds: int, workers: int) -> dict[str, Any]:
+def _child(nodes: int, rounds: int, workers: int, rule: str) -> dict[str, Any]:
     cmd = [
         sys.executable,
         "-m",
         "benchmarks.sim",
         "--one",
-        json.dumps({"nodes": nodes, "rounds": rounds, "workers": workers}),
+        json.dumps({"nodes": nodes, "rounds": rounds, "workers": workers, "rule": rule}),
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     row: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -138,19 +140,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="100 nodes x 3 rounds only")
     parser.add_argument("--workers", type=int, default=0, help="0 = one per core")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    parser.add_argument("--rule", default="default", help="robust rule (default: the default)")
+    parser.add_argument("--only-100", action="store_true", help="skip the 1,000-node run")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one config, print JSON
     args = parser.parse_args(argv)
     if args.one:
         cfg = json.loads(args.one)
-        print(json.dumps(run_one(cfg["nodes"], cfg["rounds"], cfg["workers"])))
+        print(json.dumps(run_one(cfg["nodes"], cfg["rounds"], cfg["workers"], cfg["rule"])))
         return 0
-    configs = [(100, 3)] if args.quick else [(100, 10), (1000, 3)]
+    configs = [(100, 3)] if args.quick else [(100, 10)] if args.only_100 else [(100, 10), (1000, 3)]
     load = os.getloadavg()
     started = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     rows = []
     for nodes, rounds in configs:
         print(f"running {nodes} nodes x {rounds} rounds ...", flush=True)
-        row = _child(nodes, rounds, args.workers)
+        row = _child(nodes, rounds, args.workers, args.rule)
         rows.append(row)
         print(
             f"  {row['seconds_per_round']:.2f} s/round, outside training "
@@ -165,14 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         if ok and all(r["outside_training_share"] <= TARGET_OUTSIDE for r in ok)
         else "NOT met"
     )
-    cmd = "python -m benchmarks.sim" + (" --quick" if args.quick else "")
+    cmd = " ".join(["python -m benchmarks.sim", *(argv if argv is not None else sys.argv[1:])])
     body = (
         f"Command: `{cmd}` ({started}; load average at start "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}).\n"
         f"Machine: {cpu_model()}, nproc={os.cpu_count()}, {platform.system()} "
         f"{platform.release()}, Python {platform.python_version()}.\n\n"
         "MLP (784-200-10, 159,010 params) on MNIST, `dirichlet:0.5` shards, k-regular degree 4, "
-        "default rule, signatures checked, per-round eval on 1,000 test samples every 5th "
+        f"rule `{args.rule}`, signatures checked, per-round eval on 1,000 test samples every 5th "
         "round, final eval on 1,000 samples. `s/round` excludes setup and final evaluation; "
         "`outside training` = `1 - train_seconds / rounds_seconds` (wall time in which no "
         "worker trained; definitions in `simulator/engine.py`). `sig verify` / `blob hash`: "
