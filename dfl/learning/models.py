@@ -14,9 +14,10 @@ Invariants
   (padded rows have zero weight in the loss), so no sample is dropped and nothing retraces.
   Dense models (``logreg``, ``mlp``) run up to :data:`_EPOCH_CHUNK` steps per call in one jitted
   ``fori_loop`` over the same step function (bit-identical to calling it step by step, tested;
-  one compile per power-of-two chunk capacity, at most 6 per batch size); the Python dispatch
-  of a step was 10-25 % of an MLP step here. LeNet keeps one call per step: in a loop XLA
-  compiled its convolutions differently (not bit-identical) and 2x slower.
+  one compile per power-of-two chunk capacity, at most 6 per batch size); per-step dispatch
+  was 9 % (one core) to 21 % (two cores) of an MLP epoch here. LeNet keeps one call per step:
+  in a ``lax.scan`` loop XLA compiled its convolutions differently (not bit-identical) and the
+  epoch ran 2x slower.
   ``lr`` and ``momentum`` are traced scalars, so changing them does not retrace either.
   Evaluation pads to ``min(batch_size, next power of two >= n, floor 32)``, so at most a few
   eval shapes per model are ever compiled (:meth:`Model.evaluate_many` reuses them).
