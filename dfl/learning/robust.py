@@ -1062,13 +1062,13 @@ RULES: dict[str, Rule] = {
     "balance_median": compose(balance, median),
     "balance_trimmed": compose(balance, trimmed_mean),
     "accuracy_guard": accuracy_guard,
-    # accuracy guard, then BALANCE, then a trimmed mean over what is left, each filter spending
-    # the Byzantine budget it used (the default until session 4)
+    # the default (dfl.node.compute.DEFAULT_RULE): accuracy guard, then BALANCE, then a trimmed
+    # mean over what is left, each filter spending the Byzantine budget it used
     "guarded_balance_trimmed": compose(
         accuracy_guard, compose(balance, trimmed_mean, spend_budget=True), spend_budget=True
     ),
-    # the default (dfl.node.compute.DEFAULT_RULE): the same filters, then the coordinate-wise
-    # median, which also holds a pixel-trigger backdoor (docs/design-notes.md, 11)
+    # the same filters, then the coordinate-wise median: holds a pixel-trigger backdoor, but
+    # costs accuracy with few neighbours and no attack (docs/design-notes.md, 11)
     "guarded_balance_median": compose(
         accuracy_guard, compose(balance, median, spend_budget=True), spend_budget=True
     ),
