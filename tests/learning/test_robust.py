@@ -1032,3 +1032,21 @@ def test_compose_checks_the_pool_once_and_still_refuses_non_finite_models(
             RULES[name](own, bad, np.ones(6), ctx)
     with pytest.raises(UsageError, match="non-finite"):
         RULES["balance_trimmed"](np.full_like(own, np.inf), cands, np.ones(6), ctx)
+
+
+def test_median_variant_holds_coordinates_only_attackers_move() -> None:
+    """The backdoor mechanism of design note 11: 4 of 8 neighbours push 10 coordinates that
+    honest training never moves (trigger pixels). Everyone is accurate and close, so both
+    filters accept all; the trimmed mean (f = 3 of 9 values) lets a third of the push through,
+    the median none of it."""
+    rng = np.random.default_rng(0)
+    own = np.ones(50, dtype=np.float32)
+    cands = np.ones((8, 50), dtype=np.float32)
+    cands[:, :40] += 0.01 * rng.normal(size=(8, 40))
+    cands[4:, 40:] += 0.05  # the attackers' push
+    ctx = RuleContext(num_byzantine=3, evaluate=lambda m: (1.0, 0.1), eval_samples=64)
+    trimmed = RULES["guarded_balance_trimmed"](own, cands, np.ones(8), ctx)
+    med = RULES["guarded_balance_median"](own, cands, np.ones(8), ctx)
+    assert all(v.accepted for v in (*trimmed.verdicts, *med.verdicts))
+    np.testing.assert_allclose(trimmed.model[40:], 1 + 0.05 / 3, rtol=1e-6)
+    np.testing.assert_array_equal(med.model[40:], 1.0)
