@@ -58,13 +58,6 @@ def _default_rule() -> str:
     return DEFAULT_RULE
 
 
-def _with_rule(key: str, rule: str) -> str:
-    """``key`` with its rule field (the 8th, ``.../attack/RULE/sSEED/...``) replaced."""
-    parts = key.split("/")
-    parts[7] = rule
-    return "/".join(parts)
-
-
 def follow_default(
     rows: list[dict[str, str]], curves: dict[str, str], default_rule: str
 ) -> list[dict[str, str]]:
@@ -79,7 +72,7 @@ def follow_default(
     out: list[dict[str, str]] = []
     for r in rows:
         if r.get("rule") == "default" and r.get("rule_resolved") != default_rule:
-            own_key = _with_rule(r["key"], r["rule_resolved"])
+            own_key = P.key_with_rule(r["key"], r["rule_resolved"])
             if own_key in keys:
                 continue
             if r["key"] in curves:
@@ -90,17 +83,10 @@ def follow_default(
     for r in list(out):
         if r.get("rule") != default_rule:
             continue
-        alias = _with_rule(r["key"], f"default={default_rule}")
+        alias = P.key_with_rule(r["key"], f"default={default_rule}")
         if alias in keys:
             continue
-        out.append(
-            {
-                **r,
-                "key": alias,
-                "rule": "default",
-                "note": f"same deterministic run as rule {default_rule}",
-            }
-        )
+        out.append(P.as_default_row(r, alias, default_rule))
         keys.add(alias)
         if r["key"] in curves:
             curves[alias] = _rekey(curves[r["key"]], alias)

@@ -32,7 +32,7 @@ import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -40,13 +40,16 @@ from typing import Any
 __all__ = [
     "ATTACK_NAMES",
     "CSV_COLUMNS",
+    "KEY_RULE_FIELD",
     "LENET_RULES",
     "MATRIX_DEGREE",
     "SHARES",
     "Cell",
     "HParams",
+    "as_default_row",
     "build_cells",
     "done_keys",
+    "key_with_rule",
     "matrix_rules",
     "plot_all",
     "read_rows",
@@ -175,6 +178,29 @@ HPARAMS: dict[tuple[str, str], HParams] = {
 MATRIX_DEGREE = 8
 
 
+#: Index of the rule in a cell key's ``/``-separated fields (see :attr:`Cell.key`).
+KEY_RULE_FIELD = 7
+
+
+def key_with_rule(key: str, rule: str) -> str:
+    """A cell key with its rule field replaced (``rule`` as a key writes it, e.g.
+    ``default=guarded_balance_trimmed``)."""
+    parts = key.split("/")
+    parts[KEY_RULE_FIELD] = rule
+    return "/".join(parts)
+
+
+def as_default_row(row: Mapping[str, Any], key: str, resolved: str) -> dict[str, Any]:
+    """``row`` (a run of rule ``resolved``) relabelled as the ``default`` cell ``key``: the same
+    deterministic run under the name ``default``."""
+    return {
+        **row,
+        "key": key,
+        "rule": "default",
+        "note": f"same deterministic run as rule {resolved}",
+    }
+
+
 @dataclass(frozen=True)
 class Cell:
     """One simulation of the matrix; :attr:`key` identifies it in the CSV."""
@@ -216,7 +242,7 @@ class Cell:
                 f"{self.topology}{self.degree}",
                 f"m{self.malicious:g}",
                 self.attack,
-                rule,
+                rule,  # field KEY_RULE_FIELD
                 f"s{self.seed}",
                 f"r{self.rounds}",
                 f"lr{self.lr:g}",
@@ -538,13 +564,10 @@ def run_cells(
             on_start(cell, k, len(todo))
         twin = _reusable_default(cell, by_key)
         if twin is not None:
-            row: dict[str, Any] = dict(twin)
+            row: dict[str, Any] = as_default_row(twin, cell.key, cell.rule_resolved)
             row.update(
-                key=cell.key,
                 matrix=cell.matrix,
-                rule="default",
                 finished_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                note=f"same deterministic run as rule {cell.rule_resolved}",
             )
             curve = _read_curves(curves).get(twin["key"], [])
         else:

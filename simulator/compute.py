@@ -115,9 +115,9 @@ class _Worker:
         self._warm_up()
 
     def _warm_up(self) -> None:
-        """Compile the jitted training and evaluation steps now, so that compilation counts as
-        setup (before round 1) and not as the first round's training. Results are discarded;
-        the model's jit cache makes later calls with the same batch size reuse them."""
+        """Compile training for every shard size and the evaluation step now, so that
+        compilation counts as setup (before round 1) and not as the first round's training;
+        the model's jit cache makes the real calls reuse them."""
         sc = self.world.scenario
         params = self.model.init(sc.seed)
         self.model.compile_training([len(p) for p in self.parts], sc.batch_size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,7 @@ def test_full_matrix_size_and_keys() -> None:
     assert f"default={default.rule_resolved}" in default.key
     # ... and its scenario runs that very rule (workers never resolve "default" themselves)
     assert default.scenario().rule == default.rule_resolved != "default"
+    assert P.key_with_rule(default.key, "median") == replace(default, rule="median").key
     assert all(a in ATTACKS for a in P.ATTACK_NAMES)
     assert all(r in RULES for r in (*P.GOAL_RULES, *P.LENET_RULES) if r != "default")
     quick = P.build_cells("quick")

@@ -204,6 +204,17 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
+def _epoch_chunks(steps: int) -> list[tuple[int, int, int]]:
+    """How a dense model's epoch of ``steps`` steps is cut: ``(start, steps, capacity)`` per
+    jitted call, at most :data:`_EPOCH_CHUNK` steps each, each padded to a power-of-two
+    capacity (at least :data:`_EPOCH_MIN_CAP`) whose extra steps never run."""
+    out = []
+    for start in range(0, steps, _EPOCH_CHUNK):
+        n = min(_EPOCH_CHUNK, steps - start)
+        out.append((start, n, max(_EPOCH_MIN_CAP, _next_pow2(n))))
+    return out
+
+
 @dataclass(frozen=True, eq=False)
 class Model:
     """A classifier over a flat float32 parameter vector. Build it with :func:`get_model`.
@@ -355,13 +366,9 @@ class Model:
             yb, mb = np.zeros(batch_size, dtype=np.int32), np.zeros(batch_size, np.float32)
             self._step(w, w, xb, yb, mb, zero, zero)
             return self._traces[key] - before
-        caps: set[int] = set()
-        for size in shard_sizes:
-            steps = -(-int(size) // batch_size)
-            if steps >= _EPOCH_CHUNK:
-                caps.add(_EPOCH_CHUNK)
-            if steps % _EPOCH_CHUNK:
-                caps.add(max(_EPOCH_MIN_CAP, _next_pow2(steps % _EPOCH_CHUNK)))
+        caps = {
+            cap for size in shard_sizes for _, _, cap in _epoch_chunks(-(-int(size) // batch_size))
+        }
         for cap in sorted(caps):
             xc = np.zeros((cap, batch_size, *self.input_shape), dtype=np.float32)
             yc = np.zeros((cap, batch_size), dtype=np.int32)
@@ -380,13 +387,9 @@ class Model:
         lr: np.float32,
         mom: np.float32,
     ) -> tuple[jax.Array, jax.Array]:
-        """One epoch's steps (``order``: ``(steps, batch)`` sample indices) in jitted chunks of
-        at most :data:`_EPOCH_CHUNK` steps; a chunk is padded to a power-of-two capacity whose
-        extra steps the loop never runs."""
-        steps = order.shape[0]
-        for start in range(0, steps, _EPOCH_CHUNK):
-            n = min(_EPOCH_CHUNK, steps - start)
-            cap = max(_EPOCH_MIN_CAP, _next_pow2(n))
+        """One epoch's steps (``order``: ``(steps, batch)`` sample indices) in the jitted chunks
+        of :func:`_epoch_chunks`."""
+        for start, n, cap in _epoch_chunks(order.shape[0]):
             idx = order[start : start + n]
             mb = masks[start : start + n]
             if cap > n:

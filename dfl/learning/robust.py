@@ -367,10 +367,10 @@ def _sum_rows64(rows: list[F32]) -> F64:
 def _middle_mean_small(own: F32, cands: F32, b: int) -> F32:
     """:func:`_middle_mean` of a small pool in numpy: an elementwise min/max selection network
     over whole model vectors (:func:`~dfl.learning._networks.selection_network`) instead of
-    sorting a transposed
-    copy row by row. The same values come out in the same positions, summed in numpy's order,
-    so the result equals the sorted version bit for bit (``-0.0`` and ``0.0`` aside). With
-    the MLP (159,010 values), own + 8 candidates and ``b = 3``: 26 comparators."""
+    sorting a transposed copy row by row. The same values come out in the same positions,
+    summed in numpy's order, so the result equals the sorted version bit for bit (``-0.0``
+    and ``0.0`` aside). With the MLP (159,010 values), own + 8 candidates and ``b = 3``:
+    26 comparators."""
     m = cands.shape[0] + 1
     pos = list(_own_on_top(own, cands))
     spare = np.empty_like(own)
