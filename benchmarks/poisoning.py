@@ -30,10 +30,11 @@ import csv
 import json
 import math
 import os
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ __all__ = [
     "as_default_row",
     "build_cells",
     "done_keys",
+    "estimate_seconds",
     "key_with_rule",
     "matrix_rules",
     "plot_all",
@@ -456,6 +458,36 @@ def done_keys(path: Path) -> set[str]:
     return {r["key"] for r in read_rows(path)}
 
 
+def estimate_seconds(cells: Sequence[Cell], rows: Sequence[dict[str, str]]) -> tuple[float, int]:
+    """Wall time the not-yet-run ``cells`` should take, from the finished ``rows``.
+
+    Each cell costs the median ``wall_seconds`` of the finished rows of its dataset, model and
+    node count (the rest barely moves a cell's time); a ``default`` cell whose resolved twin is
+    finished costs nothing (:func:`run_cells` reuses it). Returns ``(seconds, unknown)``,
+    ``unknown`` counting the cells with no finished row to go by (not in ``seconds``).
+    """
+    times: dict[tuple[str, str, str], list[float]] = {}
+    for r in rows:
+        try:
+            t = float(r["wall_seconds"])
+        except (KeyError, ValueError):
+            continue
+        times.setdefault((r["dataset"], r["model"], r["nodes"]), []).append(t)
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    done = {r["key"] for r in rows}
+    total, unknown = 0.0, 0
+    for c in cells:
+        twin_done = c.rule == "default" and replace(c, rule=c.rule_resolved).key in done
+        if c.key in done or twin_done:
+            continue
+        m = medians.get((c.dataset, c.model, str(c.nodes)))
+        if m is None:
+            unknown += 1
+        else:
+            total += m
+    return total, unknown
+
+
 def _append_line(path: Path, text: str) -> None:
     with path.open("a", encoding="utf-8", newline="") as fh:
         fh.write(text)
@@ -525,8 +557,6 @@ def _reusable_default(cell: Cell, rows: dict[str, dict[str, str]]) -> dict[str, 
     """A ``default`` cell is the same run as its resolved rule: reuse a finished one."""
     if cell.rule != "default":
         return None
-    from dataclasses import replace
-
     twin = replace(cell, rule=cell.rule_resolved)
     return rows.get(twin.key)
 

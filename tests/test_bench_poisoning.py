@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from dataclasses import replace
 from pathlib import Path
 
@@ -170,6 +171,7 @@ def test_cli_dry_run_and_resume(ran: tuple[Path, list[object]]) -> None:
     res = runner.invoke(main, ["bench", "poisoning", "--quick", "--dry-run", "--out", "x"])
     assert res.exit_code == 0, res.output
     assert "quick mode" in res.output and f"{len(P.build_cells('quick'))} cells" in res.output
+    assert "no time estimate" in res.output  # nothing finished in x/results.csv
     res = runner.invoke(main, ["bench", "poisoning", "--rules", "nope", "--dry-run"])
     assert res.exit_code == 1 and "unknown rule" in res.output
     res = runner.invoke(main, ["bench", "poisoning", "--quick", "--paper"])
@@ -182,6 +184,42 @@ def test_cli_dry_run_and_resume(ran: tuple[Path, list[object]]) -> None:
     assert res.exit_code == 1 and "--shares" in res.output
     res = runner.invoke(main, [*args, "--partitions", "nope"])
     assert res.exit_code == 1 and "no cell matches" in res.output
+
+
+def test_estimate_uses_the_median_of_like_cells_and_skips_reusable_defaults() -> None:
+    cells = [
+        P._cell("mlp", "mnist", "mlp", "iid", 0.3, "sign_flip", rule, 0)
+        for rule in ("fedavg", "median", "default")
+    ]
+    lenet = P._cell("lenet", "mnist", "lenet", "dirichlet:0.5", 0.3, "ipm", "fedavg", 0)
+
+    def row(cell: P.Cell, seconds: str) -> dict[str, str]:
+        return {
+            "key": cell.key,
+            "dataset": cell.dataset,
+            "model": cell.model,
+            "nodes": str(cell.nodes),
+            "wall_seconds": seconds,
+        }
+
+    other = [P._cell("mlp", "mnist", "mlp", "iid", 0.1, "ipm", "krum", 0)]
+    rows = [
+        row(other[0], "10"),
+        row(replace(other[0], seed=1), "30"),
+        row(replace(other[0], seed=2), "200"),
+    ]
+    # three unfinished MLP cells at the median 30 s; the LeNet cell has nothing to go by
+    assert P.estimate_seconds([*cells, lenet], rows) == (90.0, 1)
+    # a finished cell costs nothing, nor does `default` once its resolved rule's twin is done
+    twin = replace(cells[2], rule=cells[2].rule_resolved)
+    rows += [row(cells[0], "20"), row(twin, "40")]
+    assert P.estimate_seconds([*cells, lenet], rows) == (
+        statistics.median([10, 30, 200, 20, 40]),
+        1,
+    )
+    assert P.estimate_seconds([], rows) == (0.0, 0)
+    # a row without a usable time is ignored
+    assert P.estimate_seconds([cells[1]], [{**rows[0], "wall_seconds": ""}]) == (0.0, 1)
 
 
 def test_tables_keep_graphs_apart_and_goals_read_the_matrix_degree() -> None:

@@ -21,6 +21,21 @@ def bench() -> None:
     """Benchmarks: poisoning matrix (attacks x robust rules x malicious share x partition)."""
 
 
+def _estimate_line(estimate: tuple[float, int], workers: int, todo: int) -> str:
+    """``estimate_seconds``' answer as one line for the console."""
+    seconds, unknown = estimate
+    if unknown == todo:
+        return "no time estimate: no cell like these has finished in the CSV yet"
+    h, m = divmod(round(seconds / 60), 60)
+    line = (
+        f"estimated {h} h {m:02d} min at the median time of finished cells like these (each "
+        f"measured with its own --workers; this run: {workers})"
+    )
+    if unknown:
+        line += f", plus {unknown} cells with none like them finished"
+    return line
+
+
 def _csv_list(value: str | None) -> list[str] | None:
     if value is None:
         return None
@@ -135,7 +150,8 @@ def poisoning(
         raise UsageError("no cell matches these filters (see --dry-run without them)")
     out = out_dir or Path("runs") / f"bench-poisoning-{which}"
     console = Console()
-    done = P.done_keys(out / "results.csv") if resume else set()
+    finished = P.read_rows(out / "results.csv") if resume else []
+    done = {r["key"] for r in finished}
     todo = [c for c in cells if c.key not in done]
     if quick:
         console.print(
@@ -148,6 +164,8 @@ def poisoning(
         f"{len(cells)} cells ({which}), {len(cells) - len(todo)} already in "
         f"{out / 'results.csv'}, {len(todo)} to run"
     )
+    if todo:
+        console.print(_estimate_line(P.estimate_seconds(todo, finished), workers, len(todo)))
     if dry_run:
         for c in todo:
             click.echo(c.key)
