@@ -57,6 +57,7 @@ __all__ = [
     "read_rows",
     "render_markdown",
     "run_cells",
+    "seed_spread",
     "write_results_section",
 ]
 
@@ -650,19 +651,15 @@ def _slug(g: Group) -> str:
 def _grid(
     rows: Sequence[dict[str, str]], metric: str = "honest_accuracy_mean"
 ) -> dict[Group, dict[tuple[str, str], float]]:
-    """(matrix, dataset, model, partition, share) -> (attack, rule) -> metric mean over seeds.
+    """(matrix, dataset, model, partition, share) -> (attack, rule) -> metric of the lowest seed.
 
-    The share-0 ``none`` cells are also shown as the ``none`` column of every other share.
+    Every table cell is then one run of the same seed as its neighbours (seed 0 of the matrix);
+    cells run with more seeds are summarised by :func:`seed_spread`. The share-0 ``none`` cells
+    are also shown as the ``none`` column of every other share.
     """
-    acc: dict[Group, dict[tuple[str, str], list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        v = _num(r.get(metric))
-        if v is None:
-            continue
-        acc[_group(r)][(r["attack"], r["rule"])].append(v)
     out: dict[Group, dict[tuple[str, str], float]] = {}
-    for g, lists in acc.items():
-        out[g] = {k: sum(v) / len(v) for k, v in lists.items()}
+    for g, cells in _by_seed(rows, metric).items():
+        out[g] = {k: by_seed[min(by_seed)] for k, by_seed in cells.items()}
     for g, means in list(out.items()):
         if g[5] != "0":
             base = out.get((*g[:5], "0"), {})
@@ -670,6 +667,54 @@ def _grid(
                 if attack == "none":
                     means.setdefault(("none", rule), mean)
     return out
+
+
+def _by_seed(
+    rows: Sequence[dict[str, str]], metric: str
+) -> dict[Group, dict[tuple[str, str], dict[int, float]]]:
+    """group -> (attack, rule) -> seed -> metric (rows without the metric left out)."""
+    acc: dict[Group, dict[tuple[str, str], dict[int, float]]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
+    for r in rows:
+        v = _num(r.get(metric))
+        if v is not None:
+            acc[_group(r)][(r["attack"], r["rule"])][int(r.get("seed") or 0)] = v
+    return acc
+
+
+def seed_spread(rows: Sequence[dict[str, str]]) -> str:
+    """Markdown table of every cell run with two or more seeds: accuracy per seed, mean, range
+    (and the backdoor attack success per seed); empty if there is none."""
+    accs = _by_seed(rows, "honest_accuracy_mean")
+    mins = _by_seed(rows, "honest_accuracy_min")
+    asrs = _by_seed(rows, "backdoor_asr")
+    lines = []
+    for g in sorted(accs):
+        for (attack, rule), by_seed in sorted(accs[g].items()):
+            if len(by_seed) < 2:
+                continue
+            seeds = sorted(by_seed)
+            vals = [by_seed[k] for k in seeds]
+            low = mins[g].get((attack, rule), {})
+            per_seed = ", ".join(
+                f"{k}: {_pct(by_seed[k])}" + (f" ({_pct(low[k])})" if k in low else "")
+                for k in seeds
+            )
+            asr = asrs.get(g, {}).get((attack, rule), {})
+            asr_text = ", ".join(f"{k}: {_pct(asr[k])}" for k in seeds if k in asr)
+            lines.append(
+                f"| {g[2]} {g[3]} {g[4].split('/')[0]} m={g[5]} | {attack} | {rule} | {per_seed} "
+                f"| {_pct(sum(vals) / len(vals))} | {_pct(min(vals))}-{_pct(max(vals))} "
+                f"| {asr_text} |"
+            )
+    if not lines:
+        return ""
+    head = (
+        "| cells | attack | rule | accuracy by seed (min) | mean | range | backdoor ASR by seed |\n"
+        "|---|---|---|---|---:|---:|---|\n"
+    )
+    return head + "\n".join(lines) + "\n"
 
 
 def _order(values: Iterable[str], reference: Sequence[str]) -> list[str]:
@@ -852,7 +897,10 @@ def goal_report(rows: Sequence[dict[str, str]], default_rule: str) -> str:
     ``MATRIX_DEGREE``-regular)."""
 
     def pick(attack: str, rule: str, share: str) -> dict[str, str] | None:
-        for r in rows:
+        """The goal cell's row of the lowest seed (the tables' seed; see :func:`_grid`)."""
+        found = [
+            r
+            for r in rows
             if (
                 r["dataset"] == "mnist"
                 and r["model"] == "mlp"
@@ -864,9 +912,9 @@ def goal_report(rows: Sequence[dict[str, str]], default_rule: str) -> str:
                 and r["malicious"] == share
                 and r["attack"] == attack
                 and r["rule_resolved"] == rule
-            ):
-                return r
-        return None
+            )
+        ]
+        return min(found, key=lambda r: int(r.get("seed") or 0)) if found else None
 
     lines = []
     misses = []
@@ -924,6 +972,14 @@ def write_results_section(
         + "\n### Tables\n\n"
         + render_markdown(rows)
     )
+    spread = seed_spread(rows)
+    if spread:
+        md += (
+            "\n### Seeds\n\nThe tables and goals above show each cell's lowest seed; these "
+            "cells also ran with other seeds (another partition, topology, choice of malicious "
+            "nodes and training order). Honest mean accuracy in % by seed (honest minimum), "
+            "mean and range over the seeds.\n\n" + spread
+        )
     return update_section("Poisoning", md, path or RESULTS)
 
 

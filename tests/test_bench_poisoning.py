@@ -222,30 +222,35 @@ def test_estimate_uses_the_median_of_like_cells_and_skips_reusable_defaults() ->
     assert P.estimate_seconds([cells[1]], [{**rows[0], "wall_seconds": ""}]) == (0.0, 1)
 
 
-def test_tables_keep_graphs_apart_and_goals_read_the_matrix_degree() -> None:
-    def row(degree: int, attack: str, rule: str, share: str, acc: float) -> dict[str, str]:
-        cell = P._cell("goal", "mnist", "mlp", "dirichlet:0.5", float(share), attack, rule, 0)
-        return {
-            "key": cell.key + f"/k{degree}",
-            "matrix": "goal",
-            "dataset": "mnist",
-            "model": "mlp",
-            "partition": "dirichlet:0.5",
-            "nodes": "20",
-            "topology": "k_regular",
-            "degree": str(degree),
-            "malicious": share,
-            "attack": attack,
-            "rule": rule,
-            "rule_resolved": rule,
-            "rounds": str(cell.rounds),
-            "lr": "0.3",
-            "local_epochs": "1",
-            "honest_accuracy_mean": str(acc),
-            "honest_accuracy_min": str(acc - 0.01),
-            "backdoor_asr": "",
-        }
+def _goal_row(
+    degree: int, attack: str, rule: str, share: str, acc: float, seed: int = 0, asr: str = ""
+) -> dict[str, str]:
+    cell = P._cell("goal", "mnist", "mlp", "dirichlet:0.5", float(share), attack, rule, seed)
+    return {
+        "key": cell.key + f"/k{degree}",
+        "matrix": "goal",
+        "dataset": "mnist",
+        "model": "mlp",
+        "partition": "dirichlet:0.5",
+        "nodes": "20",
+        "topology": "k_regular",
+        "degree": str(degree),
+        "malicious": share,
+        "attack": attack,
+        "rule": rule,
+        "rule_resolved": rule,
+        "seed": str(seed),
+        "rounds": str(cell.rounds),
+        "lr": "0.3",
+        "local_epochs": "1",
+        "honest_accuracy_mean": str(acc),
+        "honest_accuracy_min": str(acc - 0.01),
+        "backdoor_asr": asr,
+    }
 
+
+def test_tables_keep_graphs_apart_and_goals_read_the_matrix_degree() -> None:
+    row = _goal_row
     rows = [
         row(4, "none", "fedavg", "0", 0.90),
         row(4, "ipm", "fedavg", "0.3", 0.80),
@@ -260,6 +265,34 @@ def test_tables_keep_graphs_apart_and_goals_read_the_matrix_degree() -> None:
     report = P.goal_report(rows, "fedavg")
     assert "ipm" not in report.split("\n")[0]  # 95.5 % at the matrix degree: not a miss
     assert "96.0 % vs 96.0 %" in report
+
+
+def test_tables_and_goals_show_the_lowest_seed_and_the_seeds_table_shows_all() -> None:
+    k = P.MATRIX_DEGREE
+    rows = [
+        _goal_row(k, "none", "fedavg", "0", 0.96, seed=1),
+        _goal_row(k, "none", "fedavg", "0", 0.97, seed=0),
+        _goal_row(k, "sign_flip", "fedavg", "0.3", 0.951, seed=0),
+        _goal_row(k, "sign_flip", "fedavg", "0.3", 0.90, seed=1),
+        _goal_row(k, "sign_flip", "fedavg", "0.3", 0.92, seed=2),
+        _goal_row(k, "backdoor", "fedavg", "0.3", 0.96, seed=0, asr="0.99"),
+        _goal_row(k, "backdoor", "fedavg", "0.3", 0.95, seed=3, asr="0.5"),
+        _goal_row(k, "ipm", "fedavg", "0.3", 0.955, seed=0),  # one seed: not in the spread
+    ]
+    md = P.render_markdown(rows, default_rule="fedavg")
+    assert "| sign_flip | 95.1 (94.1) |" in md and "| none | 97.0 (96.0) |" in md
+    assert "| backdoor ASR | 99.0 |" in md
+    report = P.goal_report(rows, "fedavg")
+    misses = report.split("\n")[0]
+    assert "sign_flip" not in misses and "ipm" not in misses and "label_flip (not run)" in misses
+    assert "97.0 % vs 97.0 %" in report and "default 99.0 % vs" in report
+    spread = P.seed_spread(rows).splitlines()
+    assert len(spread) == 2 + 3 and not any("ipm" in line for line in spread)
+    sign = next(line for line in spread if "| sign_flip |" in line)
+    assert "0: 95.1 (94.1), 1: 90.0 (89.0), 2: 92.0 (91.0) | 92.4 | 90.0-95.1 |" in sign
+    back = next(line for line in spread if "| backdoor |" in line)
+    assert back.endswith("| 0: 99.0, 3: 50.0 |")
+    assert P.seed_spread(rows[-1:]) == ""
 
 
 def test_merge_keeps_the_last_version_of_each_cell_and_relabels_goal_rows(tmp_path: Path) -> None:
