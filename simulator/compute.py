@@ -341,6 +341,7 @@ class _Server:
                 aj,
                 own=mem.copy(aj.own),
                 candidates=tuple(mem.view(r) for r in aj.candidates),
+                start=None if aj.start is None else mem.view(aj.start),
             )
             res = w.aggregate(i, aj)
             out = mem.view(out_ref)
@@ -634,7 +635,8 @@ class ComputePool:
         if speculate is not None:
             spec_out, spec_ref = self._arena.alloc()
             spec = (self._new_id(), speculate[0], speculate[1], spec_ref)
-        aj = _in_transit(job, own=own_ref, candidates=cand_refs)
+        start_ref = None if job.start is None else self._slot_of(job.start, keep)
+        aj = _in_transit(job, own=own_ref, candidates=cand_refs, start=start_ref)
         agg_id = self._send(
             node,
             _PRIO_AGG,

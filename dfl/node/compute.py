@@ -253,6 +253,7 @@ class Learner:
             eval_samples=self.rule_eval_count,
             candidate_ids=job.authors,
             state=dict(job.state),
+            start=job.start,
         )
         res = rule(job.own, cands, np.asarray(job.weights, dtype=np.float64), ctx)
         state: dict[str, Any] = dict(res.state)

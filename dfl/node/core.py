@@ -212,6 +212,7 @@ class Aggregate:
     num_byzantine: int
     seed: int
     state: Mapping[str, Any]
+    start: np.ndarray | None = None  # the model this round's training began from
 
 
 @dataclass(frozen=True)
@@ -572,6 +573,7 @@ class NodeCore:
                 num_byzantine=self.params.num_byzantine,
                 seed=(self.params.seed * 7_919 + self.round) & 0x7FFFFFFF,
                 state=self.rule_state,
+                start=self.model,
             )
         ]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from dfl.errors import UsageError
@@ -19,7 +19,14 @@ from dfl.learning.robust import RULES, RuleContext, RuleResult
 
 FAST = settings(max_examples=30, deadline=None)
 ALL = sorted(RULES)
-NEEDS_EVAL = {"dfl", "ubar", "accuracy_guard", "guarded_balance_trimmed", "guarded_balance_median"}
+NEEDS_EVAL = {
+    "dfl",
+    "ubar",
+    "accuracy_guard",
+    "guarded_balance_trimmed",
+    "guarded_balance_median",
+    "guarded_direction_trimmed",
+}
 
 
 def f32(x: Any) -> np.ndarray:
@@ -1050,3 +1057,117 @@ def test_median_variant_holds_coordinates_only_attackers_move() -> None:
     assert all(v.accepted for v in (*trimmed.verdicts, *med.verdicts))
     np.testing.assert_allclose(trimmed.model[40:], 1 + 0.05 / 3, rtol=1e-6)
     np.testing.assert_array_equal(med.model[40:], 1.0)
+
+
+# ------------------------------------------------------------------ direction, remembering
+
+
+def _moves(n_good: int, n_bad: int, d: int = 40, seed: int = 0) -> tuple[Any, ...]:
+    """start, own = start + step, honest candidates near own, attackers near start - step."""
+    rng = np.random.default_rng(seed)
+    start = rng.normal(size=d).astype(np.float32)
+    step = rng.normal(size=d)
+    own = f32(start + step)
+    good = [start + step + 0.3 * rng.normal(size=d) for _ in range(n_good)]
+    bad = [start - step + 0.3 * rng.normal(size=d) for _ in range(n_bad)]
+    return start, own, f32(np.array(good + bad).reshape(n_good + n_bad, d))
+
+
+def test_direction_rejects_the_f_candidates_moving_against_own_update() -> None:
+    from dfl.learning.robust import direction
+
+    start, own, x = _moves(5, 2)
+    res = direction(own, x, np.ones(7), RuleContext(num_byzantine=2, start=start))
+    assert [v.accepted for v in res.verdicts] == [True] * 5 + [False] * 2
+    assert [v.reason for v in res.verdicts[5:]] == ["backwards", "backwards"]
+    moves, step = x.astype(np.float64) - start, own.astype(np.float64) - start
+    cos = moves @ step / (np.linalg.norm(moves, axis=1) * np.linalg.norm(step))
+    assert [v.score for v in res.verdicts] == pytest.approx(cos.tolist(), rel=1e-6)
+    np.testing.assert_allclose(res.model, np.mean(np.vstack([own[None], x[:5]]), axis=0), rtol=1e-6)
+    # a budget of 1 drops the single most backward one; a budget >= n keeps one candidate
+    one = direction(own, x, np.ones(7), RuleContext(num_byzantine=1, start=start))
+    assert [v.accepted for v in one.verdicts].count(False) == 1
+    assert not one.verdicts[int(np.argmin(cos))].accepted
+    big = direction(own, x, np.ones(7), RuleContext(num_byzantine=9, start=start))
+    assert [v.accepted for v in big.verdicts] == [i == int(np.argmax(cos)) for i in range(7)]
+
+
+def test_direction_accepts_everyone_without_start_or_budget_and_checks_start() -> None:
+    from dfl.learning.robust import direction
+
+    start, own, x = _moves(3, 2)
+    mean = np.mean(np.vstack([own[None], x]), axis=0)
+    for ctx in (RuleContext(num_byzantine=2), RuleContext(num_byzantine=0, start=start)):
+        res = direction(own, x, np.ones(5), ctx)
+        assert all(v.accepted for v in res.verdicts)
+        np.testing.assert_allclose(res.model, mean, rtol=1e-6)
+    assert direction(own, x[:0], np.ones(0), RuleContext(start=start)).model.tolist() == (
+        own.tolist()
+    )
+    # own == start (a node that did not train): every cosine is 0, the later ones go first
+    flat = direction(own, x, np.ones(5), RuleContext(num_byzantine=2, start=own))
+    assert [v.accepted for v in flat.verdicts] == [True, True, True, False, False]
+    assert all(v.score == 0.0 for v in flat.verdicts)
+    with pytest.raises(UsageError, match="start must be finite with shape"):
+        direction(own, x, np.ones(5), RuleContext(num_byzantine=1, start=start[:-1]))
+    with pytest.raises(UsageError, match="start must be finite"):
+        direction(
+            own, x, np.ones(5), RuleContext(num_byzantine=1, start=np.full_like(start, np.nan))
+        )
+
+
+@FAST
+@given(case=permuted_case())
+def test_direction_rules_are_permutation_invariant_with_a_start(case: Any) -> None:
+    own, cands, weights, perm, f = case
+    n, d = cands.shape
+    start = (own - np.random.default_rng(n * 31 + d).normal(size=d)).astype(np.float32)
+    moves, step = cands.astype(np.float64) - start, own.astype(np.float64) - start
+    cos = moves @ step / (np.linalg.norm(moves, axis=1) * np.linalg.norm(step))
+    # equal cosines are broken by position (documented), so only distinct ones are invariant
+    assume(np.min(np.diff(np.sort(cos)), initial=1.0) > 1e-6)
+    name = "guarded_direction_trimmed"
+    a = RULES[name](own, cands, weights, ctx_for(name, n, num_byzantine=f, start=start))
+    p = np.asarray(perm)
+    ctx_b = ctx_for(
+        name, n, num_byzantine=f, start=start, candidate_ids=tuple(ids(n)[i] for i in perm)
+    )
+    b = RULES[name](own, cands[p], weights[p], ctx_b)
+    np.testing.assert_allclose(b.model, a.model, rtol=2e-5, atol=2e-5)
+    for j, i in enumerate(perm):
+        assert b.verdicts[j].accepted == a.verdicts[i].accepted
+
+
+def test_remembered_rejections_that_stay_away_stop_costing_budget() -> None:
+    from dfl.learning.robust import direction, remember_rejections
+
+    rule = remember_rejections(direction, window=3)
+    start, own, x = _moves(5, 2)
+    names = ids(7)
+    r0 = rule(own, x, np.ones(7), RuleContext(num_byzantine=2, start=start, candidate_ids=names))
+    assert [v.accepted for v in r0.verdicts] == [True] * 5 + [False] * 2
+    assert r0.state["rejected"] == {names[5]: 0, names[6]: 0}
+    # round 1: the two attackers are kept out by the core -> budget 0, every honest one stays
+    ctx1 = RuleContext(
+        num_byzantine=2, start=start, candidate_ids=names[:5], round=1, state=r0.state
+    )
+    r1 = rule(own, x[:5], np.ones(5), ctx1)
+    assert all(v.accepted for v in r1.verdicts) and r1.state["rejected"] == r0.state["rejected"]
+    # only one is away: budget 1 goes to the attacker that is back
+    ctx2 = RuleContext(
+        num_byzantine=2, start=start, candidate_ids=names[:6], round=2, state=r1.state
+    )
+    r2 = rule(own, x[:6], np.ones(6), ctx2)
+    assert [v.accepted for v in r2.verdicts] == [True] * 5 + [False]
+    assert r2.state["rejected"] == {names[5]: 2, names[6]: 0}
+    # after `window` rounds a rejection is forgotten: full budget again
+    ctx5 = RuleContext(
+        num_byzantine=2, start=start, candidate_ids=names[:5], round=5, state=r2.state
+    )
+    r5 = rule(own, x[:5], np.ones(5), ctx5)
+    # names[6]'s rejection (round 0) is forgotten, names[5]'s (round 2) still counts: budget 1
+    assert [v.accepted for v in r5.verdicts].count(False) == 1
+    assert names[6] not in r5.state["rejected"]
+    # without ids the wrapped rule runs unchanged
+    plain = rule(own, x, np.ones(7), RuleContext(num_byzantine=2, start=start, state=r0.state))
+    assert [v.accepted for v in plain.verdicts] == [True] * 5 + [False] * 2

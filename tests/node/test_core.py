@@ -177,6 +177,23 @@ def test_lonely_node_commits_after_timeout() -> None:
     assert any(isinstance(e, C.Train) and e.round == 1 for e in effs)
 
 
+def test_aggregate_carries_the_model_training_began_from() -> None:
+    """``Aggregate.start`` is the model of the round's ``Train`` (the previous aggregate), so
+    ``own - start`` is exactly the node's own update (what ``robust.direction`` compares)."""
+    core = C.NodeCore(ident(0), params(max_rounds=3), np.full(D, 0.5, np.float32), 10)
+    (train,) = core.handle(C.Start(), 0.0)
+    for rnd in range(2):
+        core.handle(toy_train(train, 1.0), 0.5 + 10 * rnd)
+        effs = core.handle(C.Tick(), 5.5 + 10 * rnd)
+        (agg,) = [e for e in effs if isinstance(e, C.Aggregate)]
+        assert agg.start is not None and agg.start is train.model
+        np.testing.assert_array_equal(agg.own - agg.start, np.ones(D, np.float32))
+        done = toy_aggregate(agg)
+        effs = core.handle(done, 5.5 + 10 * rnd)
+        (train,) = [e for e in effs if isinstance(e, C.Train)]
+        np.testing.assert_array_equal(train.model, done.model)
+
+
 def _started_core(max_rounds: int = 5) -> C.NodeCore:
     core = C.NodeCore(ident(0), params(max_rounds=max_rounds), np.zeros(D, np.float32), 10)
     core.handle(C.PeerJoined("peer"), 0.0)

@@ -66,6 +66,27 @@ def test_same_heads_for_any_number_of_workers() -> None:
     )
 
 
+def test_direction_rule_gets_the_round_start_in_process_and_in_workers() -> None:
+    """``Aggregate.start`` crosses the worker boundary: the direction filter rejects the same
+    sign-flipped models (reason ``backwards`` in the signed verdicts) with 1 or 2 workers."""
+    kw = dict(
+        model="mlp", nodes=10, rounds=4, malicious=3, attack="sign_flip",
+        rule="guarded_direction_trimmed",
+    )  # fmt: skip
+    a = run(**kw)
+    b = run(**kw, workers=2)
+    assert a.heads == b.heads
+    assert a.summary["honest_accuracy_mean"] == b.summary["honest_accuracy_mean"]
+    reasons = [
+        v.reason
+        for store, head in zip(a.stores, a.heads, strict=True)
+        for blk in [store.get(head)]
+        if blk is not None
+        for v in blk.verdicts
+    ]
+    assert "backwards" in reasons
+
+
 def test_twenty_nodes_learn_digits() -> None:
     r = Simulation(Scenario(nodes=20, rounds=20, workers=1, eval_samples=200)).run()
     s = r.summary
