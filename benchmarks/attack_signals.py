@@ -26,8 +26,8 @@ candidates include both kinds, the mean share of (honest, malicious) candidate p
 signal orders the honest-looking way (ties count half). 1.0: a threshold chosen per aggregation
 could keep every honest candidate and drop every attacker; 0.5: the signal carries no
 information; below 0.5: attackers look *more* honest than honest neighbours. The observer
-changes nothing: each run's accuracy is the matrix cell's (checked against
-``benchmarks/results/poisoning.csv`` when that cell is there).
+changes nothing (tested bit for bit on ``digits``); the table also shows the same cell's
+accuracy in ``benchmarks/results/poisoning.csv`` (run earlier) for comparison.
 
 Writes the ``## Attack signals`` section of ``benchmarks/RESULTS.md`` (unless ``--no-write``).
 """
@@ -218,9 +218,11 @@ _LEGEND = (
     "separable by a per-aggregation threshold, 0.5 no information, < 0.5 attackers look more "
     "honest). `distance` = `||x - own|| / ||own||`; `direction` = `cos(x - start, own - start)`"
     " with `start` the model own training began from; `accuracy` / `loss` = ratio to own on the"
-    " receiver's 500 rule-evaluation samples. `acc` is this run's honest mean accuracy, `matrix"
-    " acc` the same cell in `benchmarks/results/poisoning.csv` (the observer changes nothing). "
-    "Definitions: `benchmarks/attack_signals.py`; reading: docs/design-notes.md, 17."
+    " receiver's 500 rule-evaluation samples. `acc` is this run's honest mean accuracy; `matrix"
+    " acc` the same cell in `benchmarks/results/poisoning.csv`, run in an earlier session "
+    "(older code, some with worker processes), for comparison: the observer itself changes "
+    "nothing (tested bit for bit on `digits`). Definitions: `benchmarks/attack_signals.py`; "
+    "reading: docs/design-notes.md, 17."
 )
 
 
@@ -253,8 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for a in attacks:
         row, _ = run_attack(a, args.rule, args.rounds)
         rows.append(row)
-        print(f"{a}: " + ", ".join(f"{s} {row[s]:.2f}" for s in SIGNALS)
-              + f", acc {row['honest_accuracy']:.4f} ({row['seconds']:.0f} s)", flush=True)  # fmt: skip
+        aucs = ", ".join(f"{s} {row[s]:.2f}" for s in SIGNALS)
+        acc, secs = row["honest_accuracy"], row["seconds"]
+        print(f"{a}: {aucs}, acc {acc:.4f} ({secs:.0f} s)", flush=True)
     md = table(rows)
     print(md)
     if not args.no_write:
