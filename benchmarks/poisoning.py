@@ -108,6 +108,7 @@ GOAL_RULES: tuple[str, ...] = (
     "balance_trimmed",
     "guarded_balance_trimmed",
     "guarded_balance_median",
+    "guarded_direction_trimmed",
 )
 QUICK_RULES: tuple[str, ...] = ("fedavg", "default", "trimmed_mean", "median", "balance", "ubar")
 QUICK_ATTACKS: tuple[str, ...] = (

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from benchmarks import attack_signals as S
 from dfl.learning.robust import RULES
+from dfl.node.compute import DEFAULT_RULE
 
 values = st.lists(st.floats(-10, 10, allow_nan=False), min_size=1, max_size=8)
 
@@ -69,7 +70,7 @@ def test_observer_records_both_kinds_and_changes_nothing() -> None:
         malicious = plain.summary["malicious"]
     finally:
         plain.close()
-    assert row["rule"] == "guarded_balance_trimmed" and malicious == 6
+    assert row["rule"] == DEFAULT_RULE and malicious == 6
     # 14 honest nodes x rounds 1 and 2, 8 candidates each (k-regular degree 8)
     assert obs.aggregations == 28 and len(obs.rows) == 28 * 8
     assert {o.receiver_round for o in obs.rows} == {1, 2}

@@ -60,6 +60,7 @@ from dfl.errors import UsageError
 from dfl.learning._networks import selection_network
 
 __all__ = [
+    "RANK_PREFIX",
     "RULES",
     "Rule",
     "RuleContext",
@@ -85,6 +86,10 @@ __all__ = [
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+
+#: Reason prefix of a rejection that only ranks a candidate below others (RuleVerdict.reason);
+#: the node core does not count it against the author's standing (dfl.node.core).
+RANK_PREFIX = "rank:"
 
 _CHUNK = 2048  # columns per Gram/norm chunk: 100 x 2048 float32 = 800 KB, stays in L2
 _KERNEL_MIN_POOL = 17  # pools (own + candidates) this large use the numba kernels
@@ -189,12 +194,21 @@ class RuleVerdict:
         Rule-specific number (documented per rule), always finite.
     reason
         Short code: ``"ok"``, ``"krum-score"``, ``"too-far"``, ``"clipped"``,
-        ``"low-accuracy"``, ``"high-loss"`` ...
+        ``"low-accuracy"``, ``"high-loss"`` ... A rejection whose reason starts with
+        ``"rank:"`` (:data:`RANK_PREFIX`) only ranked the candidate below others
+        (:func:`direction` leaves out the ``f`` lowest whatever their values) rather than
+        finding it bad: the node core leaves its author's standing alone for it, live and when
+        it rebuilds standing from its chain, so a rank never gets an honest neighbour ignored.
     """
 
     accepted: bool
     score: float
     reason: str
+
+    @property
+    def judged(self) -> bool:
+        """Whether this verdict counts for the author's standing (not a rank's rejection)."""
+        return self.accepted or not self.reason.startswith(RANK_PREFIX)
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.score):
@@ -1002,14 +1016,17 @@ def direction(
     (``ctx.start``) is the model the receiver's training began from this round: how far the
     candidate's move since that common point agrees with the receiver's own update (the trust
     score of FLTrust, Cao et al., NDSS 2021, with the receiver's own update as the trusted
-    one). The ``min(f, n - 1)`` lowest scores are rejected (reason ``"backwards"``): a rank,
+    one). The ``min(f, n - 1)`` lowest scores are rejected (reason ``"rank:backwards"``): a rank,
     not a threshold, because on non-IID shards honest neighbours' cosines drift towards 0 and
     below within a few rounds, which made a fixed threshold reject them (docs/design-notes.md,
     14), while within one aggregation sign-flipped and ALIE models still rank lowest (within-
     aggregation AUC 0.91 and 0.95 on the goal cell, ``benchmarks/attack_signals.py``). Without
     ``start`` (first round, restarted node), with ``f = 0`` or fewer than two candidates it
-    accepts everyone. Ties keep the earlier candidate. Model: mean of own and the accepted.
-    Score: the cosine (0 where a move or own update is the zero vector).
+    accepts everyone. Ties keep the earlier candidate. Its rejections are not judgements
+    (``rank:`` reasons, :attr:`RuleVerdict.judged`): with ``f`` over-estimated the rank
+    leaves out honest neighbours, and counting that against their standing got them ignored
+    by the core (docs/design-notes.md, 17). Model: mean of own and the accepted. Score: the
+    cosine (0 where a move or own update is the zero vector).
     """
     own32, x, _ = _prepare(own, candidates, weights, ctx)
     n = x.shape[0]
@@ -1037,7 +1054,7 @@ def direction(
     m = int(keep.sum())
     model = _combine(own32, x, 1.0 / (1 + m), np.where(keep, 1.0 / (1 + m), 0.0))
     verdicts = tuple(
-        RuleVerdict(bool(keep[i]), float(cos[i]), "ok" if keep[i] else "backwards")
+        RuleVerdict(bool(keep[i]), float(cos[i]), "ok" if keep[i] else RANK_PREFIX + "backwards")
         for i in range(n)
     )
     return RuleResult(model, verdicts, ctx.state)
@@ -1048,11 +1065,12 @@ def remember_rejections(rule: Rule, *, window: int = 10) -> Rule:
 
     The node core stops fetching the models of authors whose standing fell below
     ``min_reputation`` (repeatedly rejected ones). An author this wrapper saw ``rule`` reject
-    within the last ``window`` rounds and that is absent from this round's candidates is
+    (a judged rejection: :attr:`RuleVerdict.judged`, the kind that lowers standing) within the
+    last ``window`` rounds and that is absent from this round's candidates is
     counted as a Byzantine already excluded: ``rule`` is told ``f - absent`` (at least 0).
     Without it a rank filter such as :func:`direction`, told the full ``f``, rejects honest
-    neighbours once the attackers are kept out (measured on the goal cell under sign flipping:
-    94.3 % without this accounting, 95.1 % with it; docs/design-notes.md, 17). Needs
+    neighbours once the attackers are kept out (an ad-hoc prototype on the goal cell under sign
+    flipping: 94.3 % without this accounting, 95.1 % with it; docs/design-notes.md, 17). Needs
     ``ctx.candidate_ids`` (without them ``rule`` runs unchanged). State: ``{"rule": ...,
     "rejected": {author: round}}``.
     """
@@ -1074,7 +1092,7 @@ def remember_rejections(rule: Rule, *, window: int = 10) -> Rule:
         res = rule(own, candidates, weights, inner)
         if ids is not None:
             for author, verdict in zip(ids, res.verdicts, strict=True):
-                if not verdict.accepted:
+                if not verdict.accepted and verdict.judged:
                     rejected[author] = ctx.round
         return RuleResult(res.model, res.verdicts, {"rule": res.state, "rejected": rejected})
 
@@ -1170,8 +1188,9 @@ RULES: dict[str, Rule] = {
         accuracy_guard, compose(balance, median, spend_budget=True), spend_budget=True
     ),
     # the default's filters, then the direction filter on the budget they left, then the
-    # trimmed mean; rejected authors the core keeps out stop costing budget
-    # (docs/design-notes.md, 17)
+    # trimmed mean; rejected authors the core keeps out stop costing budget. Not the default:
+    # with f over-estimated (no attacker) it rejects, and the core then ignores, honest
+    # neighbours (docs/design-notes.md, 17)
     "guarded_direction_trimmed": remember_rejections(
         compose(
             accuracy_guard,

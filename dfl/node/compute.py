@@ -206,6 +206,12 @@ class Learner:
                 seed=job.seed,
                 momentum=s.momentum,
             )
+        diverged = not bool(np.isfinite(new).all())
+        if diverged:
+            # local training blew up (a start model far off, e.g. a malicious fedavg node that
+            # averaged in noise models): keep the start model for this round, as a node that
+            # skipped training, and say so in the block's metrics
+            new = np.asarray(job.model, dtype=np.float32).copy()
         acc, loss = self.evaluate_val(new)
         published = new
         if self.attack is not None and self.attack.poison_model is not None:
@@ -231,6 +237,8 @@ class Learner:
             "val_accuracy": float(acc),
             "val_loss": float(loss) if np.isfinite(loss) else 1e9,
         }
+        if diverged:
+            metrics["diverged"] = 1.0
         return TrainingDone(
             round=job.round,
             model=new,

@@ -29,7 +29,8 @@ Invariants:
 * a peer model is used only if its bytes hash to the announced digest (checked by the transport)
   and decode to ``num_params`` finite float32 values (checked here);
 * the standing (reputation) of an author is an exponential average of this node's own signed
-  verdicts on it; it is rebuilt from the node's chain on restart; authors under
+  verdicts on it (a rejection whose reason starts with ``rank:`` only ranked the model below
+  others and does not count); it is rebuilt from the node's chain on restart; authors under
   ``min_reputation`` are ignored until their standing recovers (it recovers slowly each round);
 * candidates are processed in a canonical order (sorted by author key) so a seeded simulation is
   deterministic.
@@ -86,6 +87,16 @@ __all__ = [
 
 REPUTATION_ALPHA = 0.3  # weight of the newest verdict in the standing average
 REPUTATION_RECOVERY = 0.02  # standing regained per round without a verdict
+#: A rejection whose reason starts with this only ranked the model below others (a robust
+#: rule's ``rank:`` reasons, e.g. the direction filter's): it leaves the standing alone.
+RANK_REASON_PREFIX = "rank:"
+
+
+def _judged(accepted: bool, reason: str) -> bool:
+    """Whether a verdict counts for its author's standing (everything but a rank's rejection)."""
+    return accepted or not reason.startswith(RANK_REASON_PREFIX)
+
+
 SEEN_WINDOW = 64  # heights per author kept for equivocation detection
 MAX_TRACKED_AUTHORS = 4096  # authors whose recent blocks are kept (bounds memory under Sybils)
 MAX_PENDING = 256  # candidate blocks waiting for their round (newest per author)
@@ -397,7 +408,12 @@ class NodeCore:
                 self._remember_hash(v.block)
             if author_of is not None:
                 self._apply_standing(
-                    [(author_of(v.block), v.accepted) for v in block.verdicts], recover=True
+                    [
+                        (author_of(v.block), v.accepted)
+                        for v in block.verdicts
+                        if _judged(v.accepted, v.reason)
+                    ],
+                    recover=True,
                 )
         head = own_chain[-1]
         self.head = head
@@ -597,7 +613,12 @@ class NodeCore:
             if ok:
                 parents.append(h)
         self._apply_standing(
-            [(c.block.author, ok) for c, ok in zip(cands, ev.accepted, strict=True)], True
+            [
+                (c.block.author, ok)
+                for c, ok, reason in zip(cands, ev.accepted, ev.reasons, strict=True)
+                if _judged(ok, reason)
+            ],
+            True,
         )
         n_acc = sum(ev.accepted)
         self.stats["accepted"] += n_acc

@@ -1079,7 +1079,8 @@ def test_direction_rejects_the_f_candidates_moving_against_own_update() -> None:
     start, own, x = _moves(5, 2)
     res = direction(own, x, np.ones(7), RuleContext(num_byzantine=2, start=start))
     assert [v.accepted for v in res.verdicts] == [True] * 5 + [False] * 2
-    assert [v.reason for v in res.verdicts[5:]] == ["backwards", "backwards"]
+    assert [v.reason for v in res.verdicts[5:]] == ["rank:backwards", "rank:backwards"]
+    assert not any(v.judged for v in res.verdicts[5:]) and all(v.judged for v in res.verdicts[:5])
     moves, step = x.astype(np.float64) - start, own.astype(np.float64) - start
     cos = moves @ step / (np.linalg.norm(moves, axis=1) * np.linalg.norm(step))
     assert [v.score for v in res.verdicts] == pytest.approx(cos.tolist(), rel=1e-6)
@@ -1139,35 +1140,42 @@ def test_direction_rules_are_permutation_invariant_with_a_start(case: Any) -> No
 
 
 def test_remembered_rejections_that_stay_away_stop_costing_budget() -> None:
-    from dfl.learning.robust import direction, remember_rejections
+    from dfl.learning.robust import RuleVerdict, compose, direction, remember_rejections
 
-    rule = remember_rejections(direction, window=3)
+    def far(own: Any, cands: Any, weights: Any, ctx: RuleContext) -> RuleResult:
+        """A judged filter: rejects candidates with a coordinate above 100."""
+        ok = np.abs(cands).max(axis=1) <= 100
+        verdicts = tuple(RuleVerdict(bool(o), 0.0, "ok" if o else "too-far") for o in ok)
+        return RuleResult(own, verdicts, {})
+
+    rule = remember_rejections(compose(far, direction, spend_budget=True), window=3)
     start, own, x = _moves(5, 2)
     names = ids(7)
-    r0 = rule(own, x, np.ones(7), RuleContext(num_byzantine=2, start=start, candidate_ids=names))
-    assert [v.accepted for v in r0.verdicts] == [True] * 5 + [False] * 2
+    loud = x.copy()
+    loud[5:] += 1000.0  # the two attackers are caught by the judged filter
+    r0 = rule(own, loud, np.ones(7), RuleContext(num_byzantine=2, start=start, candidate_ids=names))
+    assert [v.reason for v in r0.verdicts] == ["ok"] * 5 + ["too-far"] * 2
     assert r0.state["rejected"] == {names[5]: 0, names[6]: 0}
-    # round 1: the two attackers are kept out by the core -> budget 0, every honest one stays
+    # round 1: the core keeps them out -> f = 0 for the rank, every honest neighbour stays
     ctx1 = RuleContext(
         num_byzantine=2, start=start, candidate_ids=names[:5], round=1, state=r0.state
     )
     r1 = rule(own, x[:5], np.ones(5), ctx1)
     assert all(v.accepted for v in r1.verdicts) and r1.state["rejected"] == r0.state["rejected"]
-    # only one is away: budget 1 goes to the attacker that is back
+    # round 2: one is back, quieter (sign-flipped): the budget left (1) goes to the rank, whose
+    # rejection is not remembered (it is not a judgement and costs no standing)
     ctx2 = RuleContext(
         num_byzantine=2, start=start, candidate_ids=names[:6], round=2, state=r1.state
     )
     r2 = rule(own, x[:6], np.ones(6), ctx2)
-    assert [v.accepted for v in r2.verdicts] == [True] * 5 + [False]
-    assert r2.state["rejected"] == {names[5]: 2, names[6]: 0}
-    # after `window` rounds a rejection is forgotten: full budget again
-    ctx5 = RuleContext(
-        num_byzantine=2, start=start, candidate_ids=names[:5], round=5, state=r2.state
+    assert [v.reason for v in r2.verdicts] == ["ok"] * 5 + ["rank:backwards"]
+    assert r2.state["rejected"] == {names[5]: 0, names[6]: 0}
+    # after `window` rounds a rejection is forgotten: the full budget again
+    ctx4 = RuleContext(
+        num_byzantine=2, start=start, candidate_ids=names[:5], round=4, state=r2.state
     )
-    r5 = rule(own, x[:5], np.ones(5), ctx5)
-    # names[6]'s rejection (round 0) is forgotten, names[5]'s (round 2) still counts: budget 1
-    assert [v.accepted for v in r5.verdicts].count(False) == 1
-    assert names[6] not in r5.state["rejected"]
+    r4 = rule(own, x[:5], np.ones(5), ctx4)
+    assert [v.accepted for v in r4.verdicts].count(False) == 2 and r4.state["rejected"] == {}
     # without ids the wrapped rule runs unchanged
-    plain = rule(own, x, np.ones(7), RuleContext(num_byzantine=2, start=start, state=r0.state))
+    plain = rule(own, loud, np.ones(7), RuleContext(num_byzantine=2, start=start, state=r0.state))
     assert [v.accepted for v in plain.verdicts] == [True] * 5 + [False] * 2

@@ -370,3 +370,42 @@ def test_memory_stays_bounded_under_many_authors() -> None:
         core.handle(C.HeaderReceived(encode(_peer_block(i)), f"p{i}"), 1.0)
     assert len(core._pending) <= C.MAX_PENDING
     assert len(core._seen) <= C.MAX_TRACKED_AUTHORS
+
+
+def test_a_ranks_rejection_leaves_the_standing_alone_live_and_on_restore() -> None:
+    """Verdicts with a ``rank:`` reason (the direction filter's) are signed but do not lower
+    the author's standing; other rejections do. The prefix is the robust rules' own."""
+    from dfl.learning.robust import RANK_PREFIX
+
+    assert C.RANK_REASON_PREFIX == RANK_PREFIX
+    core = C.NodeCore(ident(0), params(max_rounds=3), np.zeros(D, np.float32), 10)
+    for peer in ("p1", "p2"):
+        core.handle(C.PeerJoined(peer), 0.0)
+    (train,) = core.handle(C.Start(), 0.0)
+    core.handle(toy_train(train, 1.0), 0.0)
+    author_of = {}
+    effs = []
+    for k in (1, 2):
+        model = np.full(D, float(k), np.float32)
+        blk = _peer_block(k, model=model)
+        author_of[blk.hash] = blk.author
+        got = core.handle(C.HeaderReceived(encode(blk), f"p{k}"), 1.0)
+        (fetch,) = [e for e in got if isinstance(e, C.FetchBlob)]
+        effs += core.handle(C.BlobReceived(fetch.digest, model_to_blob(model), f"p{k}"), 1.0)
+    effs += core.handle(C.Tick(), 100.0)
+    (agg,) = [e for e in effs if isinstance(e, C.Aggregate)]
+    ranked, judged = agg.authors
+    reasons = {ranked: "rank:backwards", judged: "too-far"}
+    done = C.AggregationDone(
+        agg.round, agg.own, (False, False), (0.0, 0.0), tuple(reasons[a] for a in agg.authors)
+    )
+    effs = core.handle(done, 100.0)
+    assert core.standing(ranked) == 1.0 and core.standing(judged) < 1.0
+    (train,) = [e for e in effs if isinstance(e, C.Train)]
+    effs = core.handle(toy_train(train, 1.0), 101.0)
+    (commit,) = [e for e in effs if isinstance(e, C.Commit) and e.own]
+    assert sorted(v.reason for v in commit.block.verdicts) == ["rank:backwards", "too-far"]
+    # a restarted node rebuilds the same standing from its signed verdicts
+    fresh = C.NodeCore(ident(0), params(max_rounds=3), np.zeros(D, np.float32), 10)
+    fresh.restore([commit.block], None, author_of=author_of.get)
+    assert fresh.standing(ranked) == 1.0 and fresh.standing(judged) == core.standing(judged)

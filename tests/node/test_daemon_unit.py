@@ -259,3 +259,23 @@ def test_learner_rules_score_all_models_in_one_call_with_the_same_verdicts(
     calls.clear()
     learner.warm_up("default", own)
     assert calls == [("many", 3)]
+
+
+def test_training_that_blows_up_keeps_the_start_model_and_says_so() -> None:
+    """A start model so far off that local training overflows to NaN (a malicious fedavg node
+    that averaged in noise models did, on LeNet) must not stop the node: it keeps the start
+    model for the round and flags ``diverged`` in its metrics; a normal round does not."""
+    from dfl.node.compute import Learner, TrainSettings
+    from dfl.node.core import Train
+
+    data, model, _ = _digits_learner(40)
+    x, y = data.x_train[:300], data.y_train[:300]
+    learner = Learner(model, x, y, num_classes=10, settings=TrainSettings(lr=3e38))
+    start = (model.init(0) * 1e36).astype(np.float32)
+    assert np.isfinite(start).all()
+    done = learner.train(Train(round=0, model=start, seed=0))
+    np.testing.assert_array_equal(done.model, start)
+    assert done.metrics["diverged"] == 1.0 and np.isfinite(done.metrics["val_loss"])
+    calm = Learner(model, x, y, num_classes=10, settings=TrainSettings())
+    ok = calm.train(Train(round=0, model=model.init(0), seed=0))
+    assert "diverged" not in ok.metrics and not np.array_equal(ok.model, model.init(0))

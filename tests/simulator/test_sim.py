@@ -84,7 +84,7 @@ def test_direction_rule_gets_the_round_start_in_process_and_in_workers() -> None
         if blk is not None
         for v in blk.verdicts
     ]
-    assert "backwards" in reasons
+    assert "rank:backwards" in reasons
 
 
 def test_twenty_nodes_learn_digits() -> None:
