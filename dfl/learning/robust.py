@@ -1177,8 +1177,8 @@ RULES: dict[str, Rule] = {
     "balance_median": compose(balance, median),
     "balance_trimmed": compose(balance, trimmed_mean),
     "accuracy_guard": accuracy_guard,
-    # the default (dfl.node.compute.DEFAULT_RULE): accuracy guard, then BALANCE, then a trimmed
-    # mean over what is left, each filter spending the Byzantine budget it used
+    # the default of sessions 2-4: accuracy guard, then BALANCE, then a trimmed mean over what
+    # is left, each filter spending the Byzantine budget it used
     "guarded_balance_trimmed": compose(
         accuracy_guard, compose(balance, trimmed_mean, spend_budget=True), spend_budget=True
     ),
@@ -1187,10 +1187,9 @@ RULES: dict[str, Rule] = {
     "guarded_balance_median": compose(
         accuracy_guard, compose(balance, median, spend_budget=True), spend_budget=True
     ),
-    # the default's filters, then the direction filter on the budget they left, then the
-    # trimmed mean; rejected authors the core keeps out stop costing budget. Not the default:
-    # with f over-estimated (no attacker) it rejects, and the core then ignores, honest
-    # neighbours (docs/design-notes.md, 17)
+    # the default (dfl.node.compute.DEFAULT_RULE): the same two filters, then the direction
+    # filter (a rank, costing no standing) on the budget they left, then the trimmed mean;
+    # rejected authors the core keeps out stop costing budget (docs/design-notes.md, 11, 17)
     "guarded_direction_trimmed": remember_rejections(
         compose(
             accuracy_guard,
