@@ -1068,9 +1068,9 @@ def remember_rejections(rule: Rule, *, window: int = 10) -> Rule:
     (a judged rejection: :attr:`RuleVerdict.judged`, the kind that lowers standing) within the
     last ``window`` rounds and that is absent from this round's candidates is
     counted as a Byzantine already excluded: ``rule`` is told ``f - absent`` (at least 0).
-    Without it a rank filter such as :func:`direction`, told the full ``f``, rejects honest
-    neighbours once the attackers are kept out (an ad-hoc prototype on the goal cell under sign
-    flipping: 94.3 % without this accounting, 95.1 % with it; docs/design-notes.md, 17). Needs
+    Without it a rank filter such as :func:`direction`, told the full ``f``, spends it on
+    honest neighbours once the attackers the judged filters caught are kept out
+    (docs/design-notes.md, 17). Needs
     ``ctx.candidate_ids`` (without them ``rule`` runs unchanged). State: ``{"rule": ...,
     "rejected": {author: round}}``.
     """

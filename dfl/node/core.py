@@ -90,16 +90,14 @@ REPUTATION_RECOVERY = 0.02  # standing regained per round without a verdict
 #: A rejection whose reason starts with this only ranked the model below others (a robust
 #: rule's ``rank:`` reasons, e.g. the direction filter's): it leaves the standing alone.
 RANK_REASON_PREFIX = "rank:"
+SEEN_WINDOW = 64  # heights per author kept for equivocation detection
+MAX_TRACKED_AUTHORS = 4096  # authors whose recent blocks are kept (bounds memory under Sybils)
+MAX_PENDING = 256  # candidate blocks waiting for their round (newest per author)
 
 
 def _judged(accepted: bool, reason: str) -> bool:
     """Whether a verdict counts for its author's standing (everything but a rank's rejection)."""
     return accepted or not reason.startswith(RANK_REASON_PREFIX)
-
-
-SEEN_WINDOW = 64  # heights per author kept for equivocation detection
-MAX_TRACKED_AUTHORS = 4096  # authors whose recent blocks are kept (bounds memory under Sybils)
-MAX_PENDING = 256  # candidate blocks waiting for their round (newest per author)
 
 
 # --------------------------------------------------------------------------- events (in)
