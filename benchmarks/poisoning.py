@@ -926,7 +926,8 @@ def goal_report(rows: Sequence[dict[str, str]], default_rule: str) -> str:
             misses.append(f"{attack} (not run)")
             continue
         if float(r["honest_accuracy_mean"]) < 0.95:
-            misses.append(f"{attack} {100 * float(r['honest_accuracy_mean']):.1f} %")
+            # two decimals: a miss by less than 0.05 points must not read "95.0 %"
+            misses.append(f"{attack} {100 * float(r['honest_accuracy_mean']):.2f} %")
     lines.append(
         f"- Default rule (`{default_rule}`) >= 95 % honest mean accuracy on MNIST dirichlet:0.5 "
         "with 30 % malicious, every attack: "
