@@ -1026,7 +1026,8 @@ def direction(
     (``rank:`` reasons, :attr:`RuleVerdict.judged`): with ``f`` over-estimated the rank
     leaves out honest neighbours, and counting that against their standing got them ignored
     by the core (docs/design-notes.md, 17). Model: mean of own and the accepted. Score: the
-    cosine (0 where a move or own update is the zero vector).
+    cosine (0 where a move or own update is the zero vector, and for everyone when nothing
+    is ranked away).
     """
     own32, x, _ = _prepare(own, candidates, weights, ctx)
     n = x.shape[0]
@@ -1035,7 +1036,8 @@ def direction(
     cos = np.zeros(n)
     reject = np.zeros(n, dtype=bool)
     start = ctx.start
-    if start is not None:
+    k = min(ctx.num_byzantine, n - 1)
+    if start is not None and k > 0:  # nothing to rank away: skip the n x d pass
         start64 = np.asarray(start, dtype=np.float64)
         if start64.shape != own32.shape or not np.isfinite(start64).all():
             raise UsageError(f"RuleContext.start must be finite with shape {own32.shape}")
@@ -1046,10 +1048,8 @@ def direction(
         norms = np.sqrt(np.einsum("ij,ij->i", moves, moves) * np.einsum("i,i->", step, step))
         dots = np.einsum("ij,j->i", moves, step)
         cos = np.divide(dots, norms, out=np.zeros(n), where=norms > 0)
-        k = min(ctx.num_byzantine, n - 1)
-        if k > 0:
-            # lowest cosine first; among equal cosines the later candidate goes first
-            reject[np.lexsort((-np.arange(n), cos))[:k]] = True
+        # lowest cosine first; among equal cosines the later candidate goes first
+        reject[np.lexsort((-np.arange(n), cos))[:k]] = True
     keep = ~reject
     m = int(keep.sum())
     model = _combine(own32, x, 1.0 / (1 + m), np.where(keep, 1.0 / (1 + m), 0.0))
