@@ -68,7 +68,7 @@ def test_same_heads_for_any_number_of_workers() -> None:
 
 def test_direction_rule_gets_the_round_start_in_process_and_in_workers() -> None:
     """``Aggregate.start`` crosses the worker boundary: the direction filter rejects the same
-    sign-flipped models (reason ``backwards`` in the signed verdicts) with 1 or 2 workers."""
+    sign-flipped models (reason ``rank:backwards`` in the signed verdicts) with 1 or 2 workers."""
     kw = dict(
         model="mlp", nodes=10, rounds=4, malicious=3, attack="sign_flip",
         rule="guarded_direction_trimmed",
