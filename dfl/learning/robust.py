@@ -1016,7 +1016,8 @@ def direction(
     (``ctx.start``) is the model the receiver's training began from this round: how far the
     candidate's move since that common point agrees with the receiver's own update (the trust
     score of FLTrust, Cao et al., NDSS 2021, with the receiver's own update as the trusted
-    one). The ``min(f, n - 1)`` lowest scores are rejected (reason ``"rank:backwards"``): a rank,
+    one). The ``min(f, (n - 1) // 2)`` lowest scores are rejected (reason ``"rank:backwards"``;
+    never half the pool or more, where a rank cannot tell a minority apart): a rank,
     not a threshold, because on non-IID shards honest neighbours' cosines drift towards 0 and
     below within a few rounds, which made a fixed threshold reject them (docs/design-notes.md,
     14), while within one aggregation sign-flipped and ALIE models still rank lowest (within-
@@ -1036,7 +1037,9 @@ def direction(
     cos = np.zeros(n)
     reject = np.zeros(n, dtype=bool)
     start = ctx.start
-    k = min(ctx.num_byzantine, n - 1)
+    # never rank away half the pool or more: with f >= n/2 a rank cannot tell the minority
+    # (two peers and f = 1, a three-daemon network's default, would lose one every round)
+    k = min(ctx.num_byzantine, (n - 1) // 2)
     if start is not None and k > 0:  # nothing to rank away: skip the n x d pass
         start64 = np.asarray(start, dtype=np.float64)
         if start64.shape != own32.shape or not np.isfinite(start64).all():
