@@ -477,11 +477,10 @@ def estimate_seconds(cells: Sequence[Cell], rows: Sequence[dict[str, str]]) -> t
             continue
         times.setdefault((r["dataset"], r["model"], r["nodes"]), []).append(t)
     medians = {k: statistics.median(v) for k, v in times.items()}
-    done = {r["key"] for r in rows}
+    by_key = {r["key"]: r for r in rows}
     total, unknown = 0.0, 0
     for c in cells:
-        twin_done = c.rule == "default" and replace(c, rule=c.rule_resolved).key in done
-        if c.key in done or twin_done:
+        if c.key in by_key or _reusable_default(c, by_key) is not None:
             continue
         m = medians.get((c.dataset, c.model, str(c.nodes)))
         if m is None:
