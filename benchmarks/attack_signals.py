@@ -79,10 +79,9 @@ class Observation:
 
 @dataclass
 class Observer:
-    """A robust rule that records what its receiver sees of each candidate, then runs ``inner``.
-
-    The state it returns holds the inner rule's state and the model it returned (the next
-    round's ``start``); ``malicious_ids`` are the attackers' public keys.
+    """A robust rule that records what its receiver sees of each candidate, then runs ``inner``
+    unchanged (same context, same state); ``malicious_ids`` are the attackers' public keys.
+    It observes from round 1 on, with ``ctx.start`` the round's start (its previous aggregate).
     """
 
     inner: Any
@@ -97,25 +96,23 @@ class Observer:
         weights: npt.NDArray[Any],
         ctx: Any,
     ) -> Any:
-        from dfl.learning.robust import RuleResult
+        if (
+            ctx.round >= 1
+            and ctx.start is not None
+            and len(candidates)
+            and ctx.candidate_ids is not None
+        ):
+            self._observe(np.asarray(own), np.asarray(candidates), ctx)
+        return self.inner(own, candidates, weights, ctx)
 
-        start = ctx.state.get("start")
-        if start is not None and len(candidates) and ctx.candidate_ids is not None:
-            self._observe(np.asarray(own), np.asarray(candidates), ctx, start)
-        res = self.inner(own, candidates, weights, replace(ctx, state=ctx.state.get("inner", {})))
-        state = {"inner": res.state, "start": np.array(res.model, dtype=np.float64)}
-        return RuleResult(res.model, res.verdicts, state)
+    def _observe(self, own: np.ndarray, cands: np.ndarray, ctx: Any) -> None:
+        from dfl.learning.robust import direction_cosines
 
-    def _observe(self, own: np.ndarray, cands: np.ndarray, ctx: Any, start: np.ndarray) -> None:
         own64 = own.astype(np.float64)
-        x64 = cands.astype(np.float64)
-        own_norm = float(np.linalg.norm(own64))
-        step = own64 - start
-        moves = x64 - start
-        cos = (moves @ step) / np.maximum(
-            np.linalg.norm(moves, axis=1) * np.linalg.norm(step), 1e-30
+        cos = direction_cosines(own, cands, ctx.start)
+        dist = np.linalg.norm(cands.astype(np.float64) - own64, axis=1) / max(
+            float(np.linalg.norm(own64)), 1e-30
         )
-        dist = np.linalg.norm(x64 - own64, axis=1) / max(own_norm, 1e-30)
         scores = ctx.evaluate_many(np.vstack([own[None], cands]).astype(np.float32))
         own_acc, own_loss = scores[0]
         agg = self.aggregations

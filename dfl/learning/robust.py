@@ -72,6 +72,7 @@ __all__ = [
     "compose",
     "dfl",
     "direction",
+    "direction_cosines",
     "fedavg",
     "geomed",
     "krum",
@@ -1007,6 +1008,27 @@ def _split_params(params: Mapping[str, float]) -> tuple[dict[str, float], dict[s
     return filt, agg
 
 
+def direction_cosines(
+    own: npt.NDArray[Any], candidates: npt.NDArray[Any], start: npt.NDArray[Any]
+) -> F64:
+    """``cos(x_i - start, own - start)`` for every row ``x_i`` of ``candidates`` (0 where a move
+    or own's update is the zero vector): :func:`direction`'s score.
+
+    Summed with ``einsum``, not BLAS, so every process gets the same bits whatever its BLAS
+    threading: the score is signed into blocks, and a last-bit difference changed chains.
+    """
+    own64 = np.asarray(own, dtype=np.float64)
+    start64 = np.asarray(start, dtype=np.float64)
+    if start64.shape != own64.shape or not np.isfinite(start64).all():
+        raise UsageError(f"RuleContext.start must be finite with shape {own64.shape}")
+    step = own64 - start64
+    moves = np.asarray(candidates, dtype=np.float64) - start64
+    norms = np.sqrt(np.einsum("ij,ij->i", moves, moves) * np.einsum("i,i->", step, step))
+    dots = np.einsum("ij,j->i", moves, step)
+    cos: F64 = np.divide(dots, norms, out=np.zeros(len(moves)), where=norms > 0)
+    return cos
+
+
 def direction(
     own: npt.NDArray[Any], candidates: npt.NDArray[Any], weights: npt.NDArray[Any], ctx: RuleContext
 ) -> RuleResult:
@@ -1041,16 +1063,7 @@ def direction(
     # (two peers and f = 1, a three-daemon network's default, would lose one every round)
     k = min(ctx.num_byzantine, (n - 1) // 2)
     if start is not None and k > 0:  # nothing to rank away: skip the n x d pass
-        start64 = np.asarray(start, dtype=np.float64)
-        if start64.shape != own32.shape or not np.isfinite(start64).all():
-            raise UsageError(f"RuleContext.start must be finite with shape {own32.shape}")
-        step = own32.astype(np.float64) - start64
-        moves = x.astype(np.float64) - start64
-        # einsum, not BLAS: the same bits in every process whatever its BLAS threading (the
-        # score is signed into the block, so a last-bit difference changes chains)
-        norms = np.sqrt(np.einsum("ij,ij->i", moves, moves) * np.einsum("i,i->", step, step))
-        dots = np.einsum("ij,j->i", moves, step)
-        cos = np.divide(dots, norms, out=np.zeros(n), where=norms > 0)
+        cos = direction_cosines(own32, x, start)
         # lowest cosine first; among equal cosines the later candidate goes first
         reject[np.lexsort((-np.arange(n), cos))[:k]] = True
     keep = ~reject
