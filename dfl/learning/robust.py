@@ -70,6 +70,7 @@ __all__ = [
     "bulyan",
     "cclip",
     "compose",
+    "counts_for_standing",
     "dfl",
     "direction",
     "direction_cosines",
@@ -91,6 +92,13 @@ I64 = npt.NDArray[np.int64]
 #: Reason prefix of a rejection that only ranks a candidate below others (RuleVerdict.reason);
 #: the node core does not count it against the author's standing (dfl.node.core).
 RANK_PREFIX = "rank:"
+
+
+def counts_for_standing(accepted: bool, reason: str) -> bool:
+    """Whether a verdict counts for its author's standing: every verdict but a rejection
+    with a ``rank:`` reason. The one definition, for the rules and for the node core."""
+    return accepted or not reason.startswith(RANK_PREFIX)
+
 
 _CHUNK = 2048  # columns per Gram/norm chunk: 100 x 2048 float32 = 800 KB, stays in L2
 _KERNEL_MIN_POOL = 17  # pools (own + candidates) this large use the numba kernels
@@ -209,7 +217,7 @@ class RuleVerdict:
     @property
     def judged(self) -> bool:
         """Whether this verdict counts for the author's standing (not a rank's rejection)."""
-        return self.accepted or not self.reason.startswith(RANK_PREFIX)
+        return counts_for_standing(self.accepted, self.reason)
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.score):

@@ -58,6 +58,7 @@ from dfl.block import (
 from dfl.chain import check_block, find_equivocation
 from dfl.crypto import Identity, peer_id_from_public_key
 from dfl.errors import InvalidBlock, UsageError
+from dfl.learning.robust import counts_for_standing
 
 __all__ = [
     "Aggregate",
@@ -87,17 +88,9 @@ __all__ = [
 
 REPUTATION_ALPHA = 0.3  # weight of the newest verdict in the standing average
 REPUTATION_RECOVERY = 0.02  # standing regained per round without a verdict
-#: A rejection whose reason starts with this only ranked the model below others (a robust
-#: rule's ``rank:`` reasons, e.g. the direction filter's): it leaves the standing alone.
-RANK_REASON_PREFIX = "rank:"
 SEEN_WINDOW = 64  # heights per author kept for equivocation detection
 MAX_TRACKED_AUTHORS = 4096  # authors whose recent blocks are kept (bounds memory under Sybils)
 MAX_PENDING = 256  # candidate blocks waiting for their round (newest per author)
-
-
-def _judged(accepted: bool, reason: str) -> bool:
-    """Whether a verdict counts for its author's standing (everything but a rank's rejection)."""
-    return accepted or not reason.startswith(RANK_REASON_PREFIX)
 
 
 # --------------------------------------------------------------------------- events (in)
@@ -409,7 +402,7 @@ class NodeCore:
                     [
                         (author_of(v.block), v.accepted)
                         for v in block.verdicts
-                        if _judged(v.accepted, v.reason)
+                        if counts_for_standing(v.accepted, v.reason)
                     ],
                     recover=True,
                 )
@@ -614,7 +607,7 @@ class NodeCore:
             [
                 (c.block.author, ok)
                 for c, ok, reason in zip(cands, ev.accepted, ev.reasons, strict=True)
-                if _judged(ok, reason)
+                if counts_for_standing(ok, reason)
             ],
             True,
         )

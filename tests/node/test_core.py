@@ -374,10 +374,7 @@ def test_memory_stays_bounded_under_many_authors() -> None:
 
 def test_a_ranks_rejection_leaves_the_standing_alone_live_and_on_restore() -> None:
     """Verdicts with a ``rank:`` reason (the direction filter's) are signed but do not lower
-    the author's standing; other rejections do. The prefix is the robust rules' own."""
-    from dfl.learning.robust import RANK_PREFIX
-
-    assert C.RANK_REASON_PREFIX == RANK_PREFIX
+    the author's standing; other rejections do (robust.counts_for_standing decides both)."""
     core = C.NodeCore(ident(0), params(max_rounds=3), np.zeros(D, np.float32), 10)
     for peer in ("p1", "p2"):
         core.handle(C.PeerJoined(peer), 0.0)
