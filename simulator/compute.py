@@ -321,14 +321,15 @@ class _Server:
                 if not self.accept(msg):
                     return
             job = next(q for q in self.queues if q).popleft()
-            t0 = time.monotonic()
+            t0, c0 = time.monotonic(), time.process_time()
             try:
                 value = self.run(job)
             except BaseException as e:  # shipped to the main process
                 reply = ("err", job.id, _picklable(e))
             else:
                 reply = ("ok", job.id, value)
-            self.outbox.put((*reply, job.label or job.kind, t0, time.monotonic()))
+            cpu = time.process_time() - c0
+            self.outbox.put((*reply, job.label or job.kind, t0, time.monotonic(), cpu))
 
     def run(self, job: _Job) -> Any:
         w, mem, i = self.worker, self.mem, job.node
@@ -432,6 +433,7 @@ class _Ticket:
     ok: bool = True
     value: Any = None
     discarded: bool = False
+    cpu: float = 0.0  # CPU seconds the job took (set on arrival)
 
 
 @dataclass(frozen=True)
@@ -445,14 +447,26 @@ class AggTicket:
     spec_seed: int = -1
 
 
+#: CPU label of a speculative training job whose result was thrown away (a wrong guess).
+SPECULATION_WASTED = "train_discarded"
+
+
 @dataclass
 class _Intervals:
+    """Per job label: wall spans, summed wall time (``busy``) and summed CPU time (``cpu``:
+    ``time.process_time`` of the process that ran the job, all its threads)."""
+
     spans: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     busy: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
 
-    def add(self, kind: str, t0: float, t1: float) -> None:
+    def add(self, kind: str, t0: float, t1: float, cpu: float = 0.0) -> None:
         self.spans.setdefault(kind, []).append((t0, t1))
         self.busy[kind] = self.busy.get(kind, 0.0) + (t1 - t0)
+        self.add_cpu(kind, cpu)
+
+    def add_cpu(self, kind: str, cpu: float) -> None:
+        self.cpu[kind] = self.cpu.get(kind, 0.0) + cpu
 
 
 class ComputePool:
@@ -533,15 +547,18 @@ class ComputePool:
             return msg
 
     def _receive(self, w: int) -> None:
-        tag, tid, value, kind, t0, t1 = self._get(w)
-        self.intervals.add(kind, t0, t1)
+        tag, tid, value, kind, t0, t1, cpu = self._get(w)
         t = self._tickets.get(tid)
+        discarded = t is not None and t.discarded
+        self.intervals.add(kind, t0, t1, 0.0 if discarded and kind == "train" else cpu)
+        if discarded and kind == "train":
+            self.intervals.add_cpu(SPECULATION_WASTED, cpu)
         if t is None:
             return
         if t.discarded:
             del self._tickets[tid]
             return
-        t.done, t.ok, t.value, t.keep = True, tag == "ok", value, ()
+        t.done, t.ok, t.value, t.keep, t.cpu = True, tag == "ok", value, (), cpu
 
     def _slot_of(self, arr: np.ndarray, keep: list[Any]) -> Ref:
         """The arena slot holding ``arr`` (copied into a fresh slot if it is not in the arena)."""
@@ -570,9 +587,9 @@ class ComputePool:
         return tid
 
     def _local_run(self, kind: str, fn: Callable[[], Any]) -> int:
-        t0 = time.monotonic()
+        t0, c0 = time.monotonic(), time.process_time()
         value = fn()
-        self.intervals.add(kind, t0, time.monotonic())
+        self.intervals.add(kind, t0, time.monotonic(), time.process_time() - c0)
         tid = self._new_id()
         self._tickets[tid] = _Ticket(0, kind, done=True, value=value)
         return tid
@@ -658,6 +675,9 @@ class ComputePool:
         if t is None:
             return
         if t.done or self._local is not None:
+            if t.done and t.kind == "train":  # a speculation that arrived before it was dropped
+                self.intervals.add_cpu("train", -t.cpu)
+                self.intervals.add_cpu(SPECULATION_WASTED, t.cpu)
             del self._tickets[tid]
         else:
             t.discarded = True
@@ -700,9 +720,9 @@ class ComputePool:
             local = self._local
             out = []
             for i, job in jobs:
-                t0 = time.monotonic()
+                t0, c0 = time.monotonic(), time.process_time()
                 out.append(local.run_simple(i, job))
-                self.intervals.add(_label(job), t0, time.monotonic())
+                self.intervals.add(_label(job), t0, time.monotonic(), time.process_time() - c0)
             return out
         assert self._arena is not None
         tids = []

@@ -58,6 +58,29 @@ Timings in :attr:`SimResult.summary` (wall-clock seconds)
     (in-process: their wall time).
 ``wait_seconds``
     Main-process time spent waiting for a worker result.
+
+CPU time in :attr:`SimResult.summary` (``time.process_time`` seconds, all threads of a process)
+-----------------------------------------------------------------------------------------------
+Each job's CPU is measured in the process that ran it, around the job; everything below counts
+only the rounds (setup and final evaluation excluded).
+
+``cpu_train_seconds``
+    Local training jobs whose result a node used.
+``cpu_aggregate_seconds``
+    Robust-rule jobs (the receiver's validation evaluations of the guard included).
+``cpu_main_seconds``
+    The main process outside the jobs it ran itself (in-process mode): the node cores and
+    stores (``chain_seconds`` of CPU), the simulated network, the event loop and handing jobs
+    to workers. An upper bound of a node's own infrastructure: part of it is the simulator's.
+``cpu_eval_seconds``
+    Per-round test-set evaluations: the simulator's measurement, not a node's work.
+``cpu_speculation_wasted_seconds``
+    Speculative training jobs thrown away (a wrong guess of the next round's inputs): a cost of
+    the simulator's pipelining, not of a node.
+``cpu_outside_training_share``
+    ``(main + aggregate) / (main + aggregate + train)``: the share of a node's CPU spent outside
+    local training (instrumentation and wasted speculation excluded from both sides).
+    Worker-side time outside jobs (receiving a message, idling) is not counted.
 """
 
 from __future__ import annotations
@@ -80,7 +103,7 @@ from dfl.crypto import Identity, blake2b256
 from dfl.node import core as C
 from dfl.node.home import Home
 from dfl.node.store import BlockStore, LmdbStore, MemoryStore
-from simulator.compute import AggTicket, ComputePool, World
+from simulator.compute import SPECULATION_WASTED, AggTicket, ComputePool, World
 from simulator.scenario import Scenario
 from simulator.topology import make_topology
 
@@ -301,6 +324,7 @@ class Simulation:
         self.blocks = 0
         self.penalties = 0
         self.chain_seconds = 0.0
+        self.cpu: dict[str, float] = {}
         self.speculated = 0
         self.speculation_hits = 0
         self.curve: dict[int, list[float]] = {}
@@ -507,6 +531,8 @@ class Simulation:
         sc = self.sc
         t_run = time.perf_counter()
         t_mono = time.monotonic()
+        cpu_main0 = time.process_time()
+        cpu_jobs0 = dict(self.pool.intervals.cpu)
         for c in sc.churn:
             self._push(c.leave_s, c.node, ("leave",))
             self._push(c.rejoin_s, c.node, ("rejoin",))
@@ -554,7 +580,29 @@ class Simulation:
         train_seconds = _union_length(
             self.pool.intervals.spans.get("train", []), t_mono, time.monotonic()
         )
+        self._rounds_cpu(time.process_time() - cpu_main0, cpu_jobs0)
         return self._finish(rounds_seconds, train_seconds)
+
+    def _rounds_cpu(self, main_total: float, jobs_before: dict[str, float]) -> None:
+        """The rounds' CPU by kind (see the module doc), from the pool's per-label job CPU."""
+        jobs = {
+            k: v - jobs_before.get(k, 0.0)
+            for k, v in self.pool.intervals.cpu.items()
+            if v - jobs_before.get(k, 0.0) > 0.0
+        }
+        main = main_total
+        if self.pool.workers == 1:  # the jobs ran in this process: not the main loop's own CPU
+            main -= sum(jobs.values())
+        train, agg = jobs.get("train", 0.0), jobs.get("agg", 0.0)
+        node = max(main, 0.0) + agg + train
+        self.cpu = {
+            "cpu_train_seconds": train,
+            "cpu_aggregate_seconds": agg,
+            "cpu_main_seconds": max(main, 0.0),
+            "cpu_eval_seconds": jobs.get("eval", 0.0),
+            "cpu_speculation_wasted_seconds": jobs.get(SPECULATION_WASTED, 0.0),
+            "cpu_outside_training_share": (node - train) / node if node > 0 else 0.0,
+        }
 
     def _collect_evals(self) -> None:
         results = [self.pool.result(tid) for _, _, tid in self._evals]
@@ -656,6 +704,7 @@ class Simulation:
             "eval_seconds": busy.get("eval", 0.0),
             "train_busy_seconds": busy.get("train", 0.0),
             "wait_seconds": wait,
+            **self.cpu,
             "speculated": self.speculated,
             "speculation_hits": self.speculation_hits,
             "blocks": self.blocks,

@@ -64,6 +64,14 @@ def test_same_heads_for_any_number_of_workers() -> None:
     assert s["outside_training_share"] == pytest.approx(
         1 - s["train_seconds"] / s["rounds_seconds"]
     )
+    for s in (a.summary, b.summary):  # CPU of the rounds by kind, measured in each process
+        main, agg, train = (s[f"cpu_{k}_seconds"] for k in ("main", "aggregate", "train"))
+        assert main > 0 and agg > 0 and train > 0 and s["cpu_eval_seconds"] > 0
+        assert 0 < s["cpu_outside_training_share"] < 1
+        assert s["cpu_outside_training_share"] == pytest.approx((main + agg) / (main + agg + train))
+    assert a.summary["cpu_speculation_wasted_seconds"] == 0  # in-process: no speculation
+    missed = s["speculated"] > s["speculation_hits"]
+    assert missed == (s["cpu_speculation_wasted_seconds"] > 0)
 
 
 def test_direction_rule_gets_the_round_start_in_process_and_in_workers() -> None:
@@ -257,3 +265,38 @@ def test_bad_scenario_file_names_the_key(tmp_path: Path) -> None:
     f.write_text("[scenario]\nnodes = 'many'\n")
     with pytest.raises(ConfigError, match="nodes"):
         load_scenario(f)
+
+
+@pytest.mark.parametrize("arrived_first", [True, False])
+def test_discarded_speculation_is_not_counted_as_training_cpu(arrived_first: bool) -> None:
+    """A speculative training job that is thrown away moves its CPU from ``train`` to
+    ``SPECULATION_WASTED``, whether its result arrived before the discard or after."""
+    import numpy as np
+
+    from dfl.node.core import Aggregate
+    from simulator.compute import SPECULATION_WASTED, ComputePool, World
+
+    sc = Scenario(**{**SMALL, "workers": 2})  # type: ignore[arg-type]
+    pool = ComputePool(World(sc, frozenset()), 2)
+    try:
+        ((own, _),) = pool.run([(0, ("init", 0))])
+        own = np.array(own)
+        job = Aggregate(
+            round=0, rule="fedavg", own=own, own_samples=10, candidates=(own + 1,),
+            weights=(10,), authors=(b"a" * 32,), num_byzantine=0, seed=1, state={},
+        )  # fmt: skip
+        ticket = pool.submit_aggregate(0, job, evaluate=False, speculate=(1, 7))
+        assert ticket.spec is not None
+        pool.result(ticket.agg)
+        if arrived_first:
+            while not pool._tickets[ticket.spec].done:
+                pool._receive(0)
+        pool.discard(ticket.spec)
+        while ticket.spec in pool._tickets:  # a discarded job's ticket goes when it arrives
+            pool._receive(0)
+        cpu = pool.intervals.cpu
+        assert cpu[SPECULATION_WASTED] > 0
+        assert cpu.get("train", 0.0) == pytest.approx(0.0, abs=1e-9)
+        assert cpu["agg"] > 0
+    finally:
+        pool.close()
