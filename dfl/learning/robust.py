@@ -83,6 +83,7 @@ __all__ = [
     "scclip",
     "trimmed_mean",
     "ubar",
+    "with_params",
 ]
 
 F32 = npt.NDArray[np.float32]
@@ -828,24 +829,40 @@ def balance(
     new model is ``alpha * own + (1 - alpha) * mean(accepted)`` (own alone if none). Params:
     ``gamma`` (0.3), ``kappa`` (1.0), ``alpha`` (0.5), ``total_rounds`` T (100). Verdict score:
     ``||x_i - own|| / ||own||`` (``0`` if own is the zero vector); reason ``"too-far"``.
+
+    ``recenter`` (0 = off, the default): with 1, when two or more candidates are all too far
+    from own, own is taken to be the outlier and the same test is made around the candidates'
+    coordinate-wise median instead (radius and score relative to the median's norm). Without
+    it a node whose own model drifted away rejects every neighbour, trains alone and drifts
+    further: docs/design-notes.md, 18.
     """
     own32, x, _ = _prepare(own, candidates, weights, ctx)
-    p = _params(ctx, {"gamma": 0.3, "kappa": 1.0, "alpha": 0.5, "total_rounds": 100.0}, "balance")
+    p = _params(
+        ctx,
+        {"gamma": 0.3, "kappa": 1.0, "alpha": 0.5, "total_rounds": 100.0, "recenter": 0.0},
+        "balance",
+    )
     gamma = _check_range("gamma", p["gamma"], 0.0)
     kappa = _check_range("kappa", p["kappa"], 0.0)
     alpha = _check_range("alpha", p["alpha"], 0.0, 1.0)
     total_rounds = _check_range("total_rounds", p["total_rounds"], 1e-12)
+    recenter = _check_range("recenter", p["recenter"], 0.0, 1.0) >= 0.5
     n = x.shape[0]
     if n == 0:
         return RuleResult(own32, (), ctx.state)
+    shrink = gamma * math.exp(-kappa * ctx.round / total_rounds)
     dist = np.sqrt(_centered_gram(own32, x, full=False))
-    own_norm = float(np.sqrt(np.dot(own32.astype(np.float64), own32.astype(np.float64))))
-    radius = gamma * math.exp(-kappa * ctx.round / total_rounds) * own_norm
-    ok = dist <= radius
+    norm = float(np.sqrt(np.dot(own32.astype(np.float64), own32.astype(np.float64))))
+    ok = dist <= shrink * norm
+    if recenter and n >= 2 and not ok.any():
+        ref = np.median(x, axis=0).astype(np.float32)
+        dist = np.sqrt(_centered_gram(ref, x, full=False))
+        norm = float(np.sqrt(np.dot(ref.astype(np.float64), ref.astype(np.float64))))
+        ok = dist <= shrink * norm
     k = int(ok.sum())
     coef = np.where(ok, (1.0 - alpha) / max(k, 1), 0.0)
     model = _combine(own32, x, alpha if k else 1.0, coef)
-    rel = dist / own_norm if own_norm > 0 else np.zeros(n)
+    rel = dist / norm if norm > 0 else np.zeros(n)
     verdicts = tuple(
         RuleVerdict(bool(ok[i]), float(rel[i]), "ok" if ok[i] else "too-far") for i in range(n)
     )
@@ -1084,6 +1101,24 @@ def direction(
     return RuleResult(model, verdicts, ctx.state)
 
 
+def with_params(rule: Rule, **params: float) -> Rule:
+    """``rule`` with ``params`` bound as its defaults (``ctx.params`` still overrides them), so
+    a registry entry can name a variant: ``with_params(balance, recenter=1)``."""
+
+    def bound(
+        own: npt.NDArray[Any],
+        candidates: npt.NDArray[Any],
+        weights: npt.NDArray[Any],
+        ctx: RuleContext,
+    ) -> RuleResult:
+        return rule(own, candidates, weights, replace(ctx, params={**params, **ctx.params}))
+
+    name = getattr(rule, "__name__", "rule")
+    bound.__name__ = f"{name}_" + "_".join(f"{k}{v:g}" for k, v in sorted(params.items()))
+    bound.__doc__ = f"{name} with params {params}."
+    return bound
+
+
 def remember_rejections(rule: Rule, *, window: int = 10) -> Rule:
     """Wrap ``rule`` so that attackers the node already keeps out stop costing budget.
 
@@ -1219,6 +1254,19 @@ RULES: dict[str, Rule] = {
             accuracy_guard,
             compose(
                 balance, compose(direction, trimmed_mean, spend_budget=True), spend_budget=True
+            ),
+            spend_budget=True,
+        )
+    ),
+    # the same, with BALANCE told to take own as the outlier when every candidate is too far
+    # from it (a drifted node otherwise isolates itself; docs/design-notes.md, 18)
+    "guarded_recentered_direction_trimmed": remember_rejections(
+        compose(
+            accuracy_guard,
+            compose(
+                with_params(balance, recenter=1.0),
+                compose(direction, trimmed_mean, spend_budget=True),
+                spend_budget=True,
             ),
             spend_budget=True,
         )

@@ -26,6 +26,7 @@ NEEDS_EVAL = {
     "guarded_balance_trimmed",
     "guarded_balance_median",
     "guarded_direction_trimmed",
+    "guarded_recentered_direction_trimmed",
 }
 
 
@@ -357,6 +358,39 @@ def test_balance_radius_shrinks_with_rounds() -> None:
     res = run("balance", own, cands, round=100)
     assert accepted(res) == [False]
     np.testing.assert_array_equal(res.model, own)
+
+
+def test_balance_recenter_takes_own_as_the_outlier_when_everyone_is_too_far() -> None:
+    own = [30.0, 40.0]  # drifted away: every candidate is farther than 0.3 * 50 = 15
+    cands = [[3, 4], [3.2, 4.1], [2.9, 3.8], [12, 12]]
+    assert accepted(run("balance", own, cands)) == [False] * 4  # the default: isolated
+    res = run("balance", own, cands, params={"recenter": 1})
+    # around the median (3.1, 4.05), norm 5.1, radius 1.53: the three close ones, not (12, 12)
+    assert accepted(res) == [True, True, True, False]
+    assert res.verdicts[3].reason == "too-far"
+    assert res.verdicts[0].score == pytest.approx(math.hypot(0.1, 0.05) / math.hypot(3.1, 4.05))
+    mean = np.mean(f32(cands[:3]), axis=0)
+    np.testing.assert_allclose(res.model, 0.5 * f32(own) + 0.5 * mean, rtol=1e-6)
+    # one candidate is not a majority that could overrule own
+    assert accepted(run("balance", own, [[3, 4]], params={"recenter": 1})) == [False]
+    with pytest.raises(UsageError, match="recenter"):
+        run("balance", own, cands, params={"recenter": 2})
+
+
+@FAST
+@given(
+    st.lists(st.floats(-3, 3, width=32), min_size=4, max_size=4),
+    st.lists(st.lists(st.floats(-3, 3, width=32), min_size=4, max_size=4), min_size=1, max_size=6),
+    st.integers(0, 100),
+)
+def test_balance_recenter_changes_nothing_while_someone_is_close(
+    own: list[float], cands: list[list[float]], rnd: int
+) -> None:
+    plain = run("balance", own, cands, round=rnd)
+    assume(any(accepted(plain)) or len(cands) < 2)
+    rc = run("balance", own, cands, round=rnd, params={"recenter": 1})
+    assert rc.verdicts == plain.verdicts
+    np.testing.assert_array_equal(rc.model, plain.model)
 
 
 def test_dfl_hand_and_reputation_decay() -> None:
@@ -1183,3 +1217,11 @@ def test_remembered_rejections_that_stay_away_stop_costing_budget() -> None:
     # without ids the wrapped rule runs unchanged
     plain = rule(own, loud, np.ones(7), RuleContext(num_byzantine=2, start=start, state=r0.state))
     assert [v.accepted for v in plain.verdicts] == [True] * 5 + [False] * 2
+
+
+def test_with_params_binds_defaults_that_ctx_params_override() -> None:
+    rule = R.with_params(R.balance, gamma=10.0)
+    own, cands = f32([3.0, 4.0]), f32([[10.0, 10.0]])  # 9.2 away: inside 10 * 5, not 0.3 * 5
+    assert accepted(rule(own, cands, np.ones(1), RuleContext())) == [True]
+    assert accepted(rule(own, cands, np.ones(1), RuleContext(params={"gamma": 0.3}))) == [False]
+    assert rule.__name__ == "balance_gamma10"
