@@ -70,8 +70,8 @@ def test_same_heads_for_any_number_of_workers() -> None:
         assert 0 < s["cpu_outside_training_share"] < 1
         assert s["cpu_outside_training_share"] == pytest.approx((main + agg) / (main + agg + train))
     assert a.summary["cpu_speculation_wasted_seconds"] == 0  # in-process: no speculation
-    missed = s["speculated"] > s["speculation_hits"]
-    assert missed == (s["cpu_speculation_wasted_seconds"] > 0)
+    missed = b.summary["speculated"] > b.summary["speculation_hits"]
+    assert missed == (b.summary["cpu_speculation_wasted_seconds"] > 0)
 
 
 def test_direction_rule_gets_the_round_start_in_process_and_in_workers() -> None:
