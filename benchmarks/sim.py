@@ -182,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running {model}, {nodes} nodes x {rounds} rounds ...", flush=True)
         # 0 = one worker per core (the simulator's own default stays in-process below 50 nodes)
         row = _child(nodes, rounds, args.workers or len(os.sched_getaffinity(0)), args.rule, model)
-        row["model"] = model
         rows.append(row)
         print(
             f"  {row['seconds_per_round']:.2f} s/round, outside training "

@@ -45,6 +45,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from multiprocessing import get_context
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
@@ -468,6 +469,11 @@ class _Intervals:
     def add_cpu(self, kind: str, cpu: float) -> None:
         self.cpu[kind] = self.cpu.get(kind, 0.0) + cpu
 
+    def waste(self, cpu: float) -> None:
+        """Move a thrown-away training job's CPU from ``train`` to :data:`SPECULATION_WASTED`."""
+        self.add_cpu("train", -cpu)
+        self.add_cpu(SPECULATION_WASTED, cpu)
+
 
 class ComputePool:
     """Runs node jobs in-process (``workers == 1``) or over worker processes.
@@ -548,14 +554,13 @@ class ComputePool:
 
     def _receive(self, w: int) -> None:
         tag, tid, value, kind, t0, t1, cpu = self._get(w)
+        self.intervals.add(kind, t0, t1, cpu)
         t = self._tickets.get(tid)
-        discarded = t is not None and t.discarded
-        self.intervals.add(kind, t0, t1, 0.0 if discarded and kind == "train" else cpu)
-        if discarded and kind == "train":
-            self.intervals.add_cpu(SPECULATION_WASTED, cpu)
         if t is None:
             return
         if t.discarded:
+            if kind == "train":  # a speculation dropped before its result arrived
+                self.intervals.waste(cpu)
             del self._tickets[tid]
             return
         t.done, t.ok, t.value, t.keep, t.cpu = True, tag == "ok", value, (), cpu
@@ -586,10 +591,15 @@ class ComputePool:
         self._inboxes[t.worker].put(("job", _Job(tid, prio, node, kind, payload, label)))
         return tid
 
-    def _local_run(self, kind: str, fn: Callable[[], Any]) -> int:
+    def _timed(self, kind: str, fn: Callable[[], Any]) -> Any:
+        """``fn()`` run in this process, its wall span and CPU recorded under ``kind``."""
         t0, c0 = time.monotonic(), time.process_time()
         value = fn()
         self.intervals.add(kind, t0, time.monotonic(), time.process_time() - c0)
+        return value
+
+    def _local_run(self, kind: str, fn: Callable[[], Any]) -> int:
+        value = self._timed(kind, fn)
         tid = self._new_id()
         self._tickets[tid] = _Ticket(0, kind, done=True, value=value)
         return tid
@@ -676,8 +686,7 @@ class ComputePool:
             return
         if t.done or self._local is not None:
             if t.done and t.kind == "train":  # a speculation that arrived before it was dropped
-                self.intervals.add_cpu("train", -t.cpu)
-                self.intervals.add_cpu(SPECULATION_WASTED, t.cpu)
+                self.intervals.waste(t.cpu)
             del self._tickets[tid]
         else:
             t.discarded = True
@@ -718,12 +727,7 @@ class ComputePool:
         """
         if self._local is not None:
             local = self._local
-            out = []
-            for i, job in jobs:
-                t0, c0 = time.monotonic(), time.process_time()
-                out.append(local.run_simple(i, job))
-                self.intervals.add(_label(job), t0, time.monotonic(), time.process_time() - c0)
-            return out
+            return [self._timed(_label(job), partial(local.run_simple, i, job)) for i, job in jobs]
         assert self._arena is not None
         tids = []
         for i, job in jobs:

@@ -851,14 +851,17 @@ def balance(
     if n == 0:
         return RuleResult(own32, (), ctx.state)
     shrink = gamma * math.exp(-kappa * ctx.round / total_rounds)
-    dist = np.sqrt(_centered_gram(own32, x, full=False))
-    norm = float(np.sqrt(np.dot(own32.astype(np.float64), own32.astype(np.float64))))
-    ok = dist <= shrink * norm
+
+    def around(centre: F32) -> tuple[F64, float, npt.NDArray[np.bool_]]:
+        """Distances to ``centre``, its norm, and who is within the radius."""
+        dist = np.sqrt(_centered_gram(centre, x, full=False))
+        c64 = centre.astype(np.float64)
+        norm = float(np.sqrt(np.dot(c64, c64)))
+        return dist, norm, dist <= shrink * norm
+
+    dist, norm, ok = around(own32)
     if recenter and n >= 2 and not ok.any():
-        ref = np.median(x, axis=0).astype(np.float32)
-        dist = np.sqrt(_centered_gram(ref, x, full=False))
-        norm = float(np.sqrt(np.dot(ref.astype(np.float64), ref.astype(np.float64))))
-        ok = dist <= shrink * norm
+        dist, norm, ok = around(np.median(x, axis=0).astype(np.float32))
     k = int(ok.sum())
     coef = np.where(ok, (1.0 - alpha) / max(k, 1), 0.0)
     model = _combine(own32, x, alpha if k else 1.0, coef)
