@@ -324,7 +324,6 @@ class Simulation:
         self.blocks = 0
         self.penalties = 0
         self.chain_seconds = 0.0
-        self.cpu: dict[str, float] = {}
         self.speculated = 0
         self.speculation_hits = 0
         self.curve: dict[int, list[float]] = {}
@@ -580,25 +579,25 @@ class Simulation:
         train_seconds = _union_length(
             self.pool.intervals.spans.get("train", []), t_mono, time.monotonic()
         )
-        self._rounds_cpu(time.process_time() - cpu_main0, cpu_jobs0)
-        return self._finish(rounds_seconds, train_seconds)
+        cpu = self._rounds_cpu(time.process_time() - cpu_main0, cpu_jobs0)
+        return self._finish(rounds_seconds, train_seconds, cpu)
 
-    def _rounds_cpu(self, main_total: float, jobs_before: dict[str, float]) -> None:
+    def _rounds_cpu(self, main_total: float, jobs_before: dict[str, float]) -> dict[str, float]:
         """The rounds' CPU by kind (see the module doc), from the pool's per-label job CPU."""
         jobs = {
             k: v - jobs_before.get(k, 0.0)
             for k, v in self.pool.intervals.cpu.items()
             if v - jobs_before.get(k, 0.0) > 0.0
         }
-        main = main_total
-        if self.pool.workers == 1:  # the jobs ran in this process: not the main loop's own CPU
-            main -= sum(jobs.values())
+        # in-process the jobs ran in this process: not the main loop's own CPU
+        local_jobs = sum(jobs.values()) if self.pool.workers == 1 else 0.0
+        main = max(main_total - local_jobs, 0.0)
         train, agg = jobs.get("train", 0.0), jobs.get("agg", 0.0)
-        node = max(main, 0.0) + agg + train
-        self.cpu = {
+        node = main + agg + train
+        return {
             "cpu_train_seconds": train,
             "cpu_aggregate_seconds": agg,
-            "cpu_main_seconds": max(main, 0.0),
+            "cpu_main_seconds": main,
             "cpu_eval_seconds": jobs.get("eval", 0.0),
             "cpu_speculation_wasted_seconds": jobs.get(SPECULATION_WASTED, 0.0),
             "cpu_outside_training_share": (node - train) / node if node > 0 else 0.0,
@@ -652,7 +651,9 @@ class Simulation:
             self.published.pop(d, None)
             self.blob_round.pop(d, None)
 
-    def _finish(self, rounds_seconds: float, train_seconds: float) -> SimResult:
+    def _finish(
+        self, rounds_seconds: float, train_seconds: float, cpu: dict[str, float]
+    ) -> SimResult:
         sc = self.sc
         honest = [i for i in range(sc.nodes) if i not in self.malicious]
         t0 = time.perf_counter()
@@ -704,7 +705,7 @@ class Simulation:
             "eval_seconds": busy.get("eval", 0.0),
             "train_busy_seconds": busy.get("train", 0.0),
             "wait_seconds": wait,
-            **self.cpu,
+            **cpu,
             "speculated": self.speculated,
             "speculation_hits": self.speculation_hits,
             "blocks": self.blocks,
