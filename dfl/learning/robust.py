@@ -1081,17 +1081,23 @@ def direction(
     is ranked away).
     """
     own32, x, _ = _prepare(own, candidates, weights, ctx)
+    p = _params(ctx, {"memory": 0.0, "window": 10.0}, "direction")
+    memory = _check_range("memory", p["memory"], 0.0, 1.0 - 1e-9)
+    window = _check_range("window", p["window"], 0.0)
     n = x.shape[0]
     if n == 0:
         return RuleResult(own32, (), ctx.state)
     cos = np.zeros(n)
     reject = np.zeros(n, dtype=bool)
     start = ctx.start
+    state = ctx.state
     # never rank away half the pool or more: with f >= n/2 a rank cannot tell the minority
     # (two peers and f = 1, a three-daemon network's default, would lose one every round)
     k = min(ctx.num_byzantine, (n - 1) // 2)
     if start is not None and k > 0:  # nothing to rank away: skip the n x d pass
         cos = direction_cosines(own32, x, start)
+        if memory > 0 and ctx.candidate_ids is not None:
+            cos, state = _remembered_cosines(cos, ctx, memory, window)
         # lowest cosine first; among equal cosines the later candidate goes first
         reject[np.lexsort((-np.arange(n), cos))[:k]] = True
     keep = ~reject
@@ -1101,7 +1107,29 @@ def direction(
         RuleVerdict(bool(keep[i]), float(cos[i]), "ok" if keep[i] else RANK_PREFIX + "backwards")
         for i in range(n)
     )
-    return RuleResult(model, verdicts, ctx.state)
+    return RuleResult(model, verdicts, state)
+
+
+def _remembered_cosines(
+    cos: F64, ctx: RuleContext, memory: float, window: float
+) -> tuple[F64, dict[str, Any]]:
+    """Each author's cosine averaged over the rounds it was ranked (exponential, ``memory``).
+
+    ``state["seen"]`` maps an author to ``(average, round)``; an average older than ``window``
+    rounds is forgotten, so the state is bounded by the authors of the last ``window`` rounds.
+    """
+    assert ctx.candidate_ids is not None
+    seen = {
+        a: (float(v), int(r))
+        for a, (v, r) in ctx.state.get("seen", {}).items()
+        if 0 <= ctx.round - int(r) <= window
+    }
+    out = cos.copy()
+    for i, author in enumerate(ctx.candidate_ids):
+        if author in seen:
+            out[i] = memory * seen[author][0] + (1.0 - memory) * cos[i]
+        seen[author] = (float(out[i]), ctx.round)
+    return out, {"seen": seen}
 
 
 def with_params(rule: Rule, **params: float) -> Rule:
@@ -1269,6 +1297,17 @@ RULES: dict[str, Rule] = {
             compose(
                 with_params(balance, recenter=1.0),
                 compose(direction, trimmed_mean, spend_budget=True),
+                spend_budget=True,
+            ),
+            spend_budget=True,
+        )
+    ),
+    "guarded_recentered_memory_direction_trimmed": remember_rejections(
+        compose(
+            accuracy_guard,
+            compose(
+                with_params(balance, recenter=1.0),
+                compose(with_params(direction, memory=0.9), trimmed_mean, spend_budget=True),
                 spend_budget=True,
             ),
             spend_budget=True,

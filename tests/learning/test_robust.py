@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ NEEDS_EVAL = {
     "guarded_balance_median",
     "guarded_direction_trimmed",
     "guarded_recentered_direction_trimmed",
+    "guarded_recentered_memory_direction_trimmed",
 }
 
 
@@ -1153,6 +1155,44 @@ def test_direction_accepts_everyone_without_start_or_budget_and_checks_start() -
         direction(
             own, x, np.ones(5), RuleContext(num_byzantine=1, start=np.full_like(start, np.nan))
         )
+
+
+def test_direction_memory_ranks_by_each_authors_average_cosine() -> None:
+    from dfl.learning.robust import direction
+
+    start, own, x = _moves(5, 2)
+    names = ids(7)
+    rule = R.with_params(direction, memory=0.9)
+    ctx0 = RuleContext(num_byzantine=2, start=start, candidate_ids=names)
+    r0 = rule(own, x, np.ones(7), ctx0)
+    cos0 = [v.score for v in r0.verdicts]  # first sight: the cosine itself
+    assert [v.accepted for v in r0.verdicts] == [True] * 5 + [False] * 2
+    assert r0.state == {"seen": {a: (c, 0) for a, c in zip(names, cos0, strict=True)}}
+    # round 1: attacker 5 now moves exactly like own (cosine 1), honest 0 moves at right angles
+    # (cosine 0) -- one round's cosine would keep 5 and drop 0, its average keeps 0 and drops 5
+    later = x.copy()
+    later[5] = own + (own - start)
+    ortho = np.random.default_rng(1).normal(size=own.shape)
+    step = (own - start).astype(np.float64)
+    ortho -= (ortho @ step) / (step @ step) * step
+    later[0] = start + ortho
+    ctx1 = RuleContext(num_byzantine=2, start=start, candidate_ids=names, round=1, state=r0.state)
+    r1 = rule(own, later, np.ones(7), ctx1)
+    assert r1.verdicts[5].score == pytest.approx(0.9 * cos0[5] + 0.1, rel=1e-9)
+    assert r1.verdicts[0].score == pytest.approx(0.9 * cos0[0], abs=1e-6)
+    assert [v.accepted for v in r1.verdicts] == [True] * 5 + [False] * 2
+    plain = direction(own, later, np.ones(7), replace(ctx1, state={}))
+    assert not plain.verdicts[0].accepted and plain.verdicts[5].accepted
+    # an author unseen for more than `window` (10) rounds is forgotten: state stays bounded
+    ctx12 = RuleContext(
+        num_byzantine=2, start=start, candidate_ids=names[:6], round=12, state=r1.state
+    )
+    r12 = rule(own, x[:6], np.ones(6), ctx12)
+    assert set(r12.state["seen"]) == set(names[:6])
+    # without ids (or with memory 0) nothing is remembered; memory must be below 1
+    assert rule(own, x, np.ones(7), RuleContext(num_byzantine=2, start=start)).state == {}
+    with pytest.raises(UsageError, match="memory"):
+        direction(own, x, np.ones(7), replace(ctx0, params={"memory": 1.0}))
 
 
 @FAST
