@@ -1079,6 +1079,15 @@ def direction(
     by the core (docs/design-notes.md, 17). Model: mean of own and the accepted. Score: the
     cosine (0 where a move or own update is the zero vector, and for everyone when nothing
     is ranked away).
+
+    ``memory`` (0 = off, the default; below 1) with ``ctx.candidate_ids``: rank by each
+    author's exponential average of its cosines over the rounds it was ranked,
+    ``a <- memory * a + (1 - memory) * cos`` (the first sighting starts at ``cos``), and report
+    that average as the score. A sign flipper's move is plainly backwards in the first rounds
+    and hardly distinguishable late, when honest neighbours' cosines fall below 0 on non-IID
+    shards too; the average keeps the early evidence (docs/design-notes.md, 19). ``window``
+    (10): an author not ranked for more than that many rounds is forgotten, which bounds the
+    state (``{"seen": {author: (average, round)}}``).
     """
     own32, x, _ = _prepare(own, candidates, weights, ctx)
     p = _params(ctx, {"memory": 0.0, "window": 10.0}, "direction")
@@ -1302,6 +1311,8 @@ RULES: dict[str, Rule] = {
             spend_budget=True,
         )
     ),
+    # the same, with the direction rank on each author's cosine averaged over rounds (memory
+    # 0.9): sign flippers look backwards early and honest late (docs/design-notes.md, 19)
     "guarded_recentered_memory_direction_trimmed": remember_rejections(
         compose(
             accuracy_guard,
