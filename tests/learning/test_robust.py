@@ -1189,8 +1189,12 @@ def test_direction_memory_ranks_by_each_authors_average_cosine() -> None:
     )
     r12 = rule(own, x[:6], np.ones(6), ctx12)
     assert set(r12.state["seen"]) == set(names[:6])
-    # without ids (or with memory 0) nothing is remembered; memory must be below 1
+    # ... and the authors back after such a gap start again from their cosine
+    fresh = direction(own, x[:6], np.ones(6), replace(ctx12, state={}))
+    assert [v.score for v in r12.verdicts] == [v.score for v in fresh.verdicts]
+    # without ids, or with memory 0, nothing is remembered; memory must be below 1
     assert rule(own, x, np.ones(7), RuleContext(num_byzantine=2, start=start)).state == {}
+    assert direction(own, x, np.ones(7), ctx0).state == {}
     with pytest.raises(UsageError, match="memory"):
         direction(own, x, np.ones(7), replace(ctx0, params={"memory": 1.0}))
 
