@@ -1260,6 +1260,24 @@ def compose(filter_rule: Rule, aggregator: Rule, *, spend_budget: bool = False) 
     return composed
 
 
+def _guarded_direction_trimmed(balance_rule: Rule, direction_rule: Rule) -> Rule:
+    """The accuracy guard, ``balance_rule``, ``direction_rule`` and the trimmed mean, each
+    filter spending the Byzantine budget it used, with rejections remembered: the stack of
+    the default and of its registered variants (they differ only in the two filters' params).
+    """
+    return remember_rejections(
+        compose(
+            accuracy_guard,
+            compose(
+                balance_rule,
+                compose(direction_rule, trimmed_mean, spend_budget=True),
+                spend_budget=True,
+            ),
+            spend_budget=True,
+        )
+    )
+
+
 RULES: dict[str, Rule] = {
     "fedavg": fedavg,
     "median": median,
@@ -1289,40 +1307,16 @@ RULES: dict[str, Rule] = {
     # the default (dfl.node.compute.DEFAULT_RULE): the same two filters, then the direction
     # filter (a rank, costing no standing) on the budget they left, then the trimmed mean;
     # rejected authors the core keeps out stop costing budget (docs/design-notes.md, 11, 17)
-    "guarded_direction_trimmed": remember_rejections(
-        compose(
-            accuracy_guard,
-            compose(
-                balance, compose(direction, trimmed_mean, spend_budget=True), spend_budget=True
-            ),
-            spend_budget=True,
-        )
-    ),
+    "guarded_direction_trimmed": _guarded_direction_trimmed(balance, direction),
     # the same, with BALANCE told to take own as the outlier when every candidate is too far
     # from it (a drifted node otherwise isolates itself; docs/design-notes.md, 18)
-    "guarded_recentered_direction_trimmed": remember_rejections(
-        compose(
-            accuracy_guard,
-            compose(
-                with_params(balance, recenter=1.0),
-                compose(direction, trimmed_mean, spend_budget=True),
-                spend_budget=True,
-            ),
-            spend_budget=True,
-        )
+    "guarded_recentered_direction_trimmed": _guarded_direction_trimmed(
+        with_params(balance, recenter=1.0), direction
     ),
     # the same, with the direction rank on each author's cosine averaged over rounds (memory
     # 0.9): sign flippers look backwards early and honest late (docs/design-notes.md, 19)
-    "guarded_recentered_memory_direction_trimmed": remember_rejections(
-        compose(
-            accuracy_guard,
-            compose(
-                with_params(balance, recenter=1.0),
-                compose(with_params(direction, memory=0.9), trimmed_mean, spend_budget=True),
-                spend_budget=True,
-            ),
-            spend_budget=True,
-        )
+    "guarded_recentered_memory_direction_trimmed": _guarded_direction_trimmed(
+        with_params(balance, recenter=1.0), with_params(direction, memory=0.9)
     ),
 }
 """Registry of robust rules by name. A new defense: write the function, add one line here."""
