@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
+import subprocess
+import sys
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -286,3 +290,47 @@ def test_compile_training_covers_the_shards(name: str) -> None:
     assert model.traces == before
     with pytest.raises(UsageError, match="batch_size"):
         model.compile_training(sizes, 0)
+
+
+_CACHE_PROBE = """
+import hashlib, sys
+import numpy as np
+from dfl.learning.models import enable_compilation_cache, get_model
+m = get_model(sys.argv[1], (8, 8, 1), 3)
+rng = np.random.default_rng(0)
+x = rng.normal(size=(70, 8, 8, 1)).astype(np.float32)
+y = rng.integers(0, 3, size=70)
+w = m.train_local(m.init(0), x, y, epochs=2, batch_size=16, lr=0.1, seed=1, momentum=0.5)
+acc, loss = m.evaluate(w, x, y)
+print(enable_compilation_cache(), hashlib.sha256(w.tobytes()).hexdigest(), acc, loss)
+"""
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet"])
+def test_compilation_cache_loads_the_same_executables(name: str, tmp_path: Path) -> None:
+    """A process that loads its compiled functions from the on-disk cache trains and evaluates
+    to the same bits as one that compiles them (and as one with the cache off); the second
+    cached process adds no entry, so it did load them."""
+    cache = tmp_path / "jit"
+
+    def run(setting: str) -> list[str]:
+        env = {**os.environ, "DFL_JIT_CACHE": setting}
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+        out = subprocess.run(
+            [sys.executable, "-c", _CACHE_PROBE, name],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        return out.stdout.split()
+
+    off = run("off")
+    assert off[0] == "None"
+    first = run(str(cache))
+    entries = sorted(p.name for p in cache.iterdir())
+    assert first[0] == str(cache) and any(not e.endswith("-atime") for e in entries)
+    second = run(str(cache))
+    assert sorted(p.name for p in cache.iterdir()) == entries  # hits only: nothing new
+    assert off[1:] == first[1:] == second[1:]
