@@ -895,13 +895,15 @@ def render_markdown(rows: Sequence[dict[str, str]], *, default_rule: str | None 
 
 def goal_report(rows: Sequence[dict[str, str]], default_rule: str) -> str:
     """Check the issue's goals on the goal slice (MNIST MLP, dirichlet:0.5, 30 %, 20 nodes,
-    ``MATRIX_DEGREE``-regular)."""
+    ``MATRIX_DEGREE``-regular), at every seed the default's goal cells ran.
 
-    def pick(attack: str, rule: str, share: str) -> dict[str, str] | None:
-        """The goal cell's row of the lowest seed (the tables' seed; see :func:`_grid`)."""
-        found = [
-            r
-            for r in rows
+    The lowest seed (the tables' seed; see :func:`_grid`) must have every cell: one not run is
+    a miss. A higher seed is judged on the cells it has, and says how many that is, so a
+    goal met at seed 0 and missed at seed 1 reads as exactly that."""
+
+    def goal_rows(rule: str) -> dict[tuple[str, int], dict[str, str]]:
+        out: dict[tuple[str, int], dict[str, str]] = {}
+        for r in rows:
             if (
                 r["dataset"] == "mnist"
                 and r["model"] == "mlp"
@@ -910,43 +912,59 @@ def goal_report(rows: Sequence[dict[str, str]], default_rule: str) -> str:
                 and r["topology"] == "k_regular"
                 and r["degree"] == str(MATRIX_DEGREE)
                 and r["rounds"] == str(HPARAMS[("mnist", "mlp")].rounds)
-                and r["malicious"] == share
-                and r["attack"] == attack
+                and r["malicious"] == ("0" if r["attack"] == "none" else "0.3")
                 and r["rule_resolved"] == rule
-            )
-        ]
-        return min(found, key=lambda r: int(r.get("seed") or 0)) if found else None
+            ):
+                out[(r["attack"], int(r.get("seed") or 0))] = r
+        return out
 
-    lines = []
-    misses = []
-    for attack in ATTACK_NAMES:
-        r = pick(attack, default_rule, "0" if attack == "none" else "0.3")
-        if r is None:
-            misses.append(f"{attack} (not run)")
-            continue
-        if float(r["honest_accuracy_mean"]) < 0.95:
-            # two decimals: a miss by less than 0.05 points must not read "95.0 %"
-            misses.append(f"{attack} {100 * float(r['honest_accuracy_mean']):.2f} %")
-    lines.append(
+    mine, base = goal_rows(default_rule), goal_rows("fedavg")
+    seeds = sorted({s for _, s in mine}) or [0]
+    verdicts = []
+    for seed in seeds:
+        misses, ran = [], 0
+        for attack in ATTACK_NAMES:
+            r = mine.get((attack, seed))
+            if r is None:
+                if seed == seeds[0]:
+                    misses.append(f"{attack} (not run)")
+                continue
+            ran += 1
+            if float(r["honest_accuracy_mean"]) < 0.95:
+                # two decimals: a miss by less than 0.05 points must not read "95.0 %"
+                misses.append(f"{attack} {100 * float(r['honest_accuracy_mean']):.2f} %")
+        part = "" if seed == seeds[0] else f" ({ran} of {len(ATTACK_NAMES)} cells run)"
+        verdict = "**met**" if not misses else "**missed**: " + ", ".join(misses)
+        verdicts.append(f"seed {seed}{part} {verdict}")
+    lines = [
         f"- Default rule (`{default_rule}`) >= 95 % honest mean accuracy on MNIST dirichlet:0.5 "
-        "with 30 % malicious, every attack: "
-        + ("**met**" if not misses else "**missed**: " + ", ".join(misses))
-    )
-    d, f = pick("none", default_rule, "0"), pick("none", "fedavg", "0")
-    if d and f:
-        gap = 100 * (float(f["honest_accuracy_mean"]) - float(d["honest_accuracy_mean"]))
+        "with 30 % malicious, every attack: " + "; ".join(verdicts)
+    ]
+    gaps, worst = [], -math.inf
+    for seed in seeds:
+        d, f = mine.get(("none", seed)), base.get(("none", seed))
+        if d and f:
+            gap = 100 * (float(f["honest_accuracy_mean"]) - float(d["honest_accuracy_mean"]))
+            worst = max(worst, gap)
+            gaps.append(
+                f"{100 * float(d['honest_accuracy_mean']):.1f} % vs "
+                f"{100 * float(f['honest_accuracy_mean']):.1f} % (seed {seed}, gap {gap:+.1f})"
+            )
+    if gaps:
+        verdict = "met" if worst <= 1.0 else "missed"
         lines.append(
-            f"- No attack, default within 1 point of fedavg: "
-            f"{100 * float(d['honest_accuracy_mean']):.1f} % vs "
-            f"{100 * float(f['honest_accuracy_mean']):.1f} % "
-            f"(gap {gap:+.1f} points): **{'met' if gap <= 1.0 else 'missed'}**"
+            f"- No attack, default within 1 point of fedavg: {'; '.join(gaps)}: **{verdict}**"
         )
-    b, bf = pick("backdoor", default_rule, "0.3"), pick("backdoor", "fedavg", "0.3")
-    if b and bf:
-        lines.append(
-            f"- Backdoor ASR at 30 %: default {_pct(_num(b['backdoor_asr']))} % vs undefended "
-            f"fedavg {_pct(_num(bf['backdoor_asr']))} %"
-        )
+    asr = []
+    for seed in seeds:
+        b, bf = mine.get(("backdoor", seed)), base.get(("backdoor", seed))
+        if b and bf:
+            asr.append(
+                f"default {_pct(_num(b['backdoor_asr']))} % vs undefended fedavg "
+                f"{_pct(_num(bf['backdoor_asr']))} % (seed {seed})"
+            )
+    if asr:
+        lines.append("- Backdoor ASR at 30 %: " + "; ".join(asr))
     return "\n".join(lines) + "\n"
 
 

@@ -265,6 +265,14 @@ def test_tables_keep_graphs_apart_and_goals_read_the_matrix_degree() -> None:
     report = P.goal_report(rows, "fedavg")
     assert "ipm" not in report.split("\n")[0]  # 95.5 % at the matrix degree: not a miss
     assert "96.0 % vs 96.0 %" in report
+    # the clean-run goal must hold at every seed: a gap of 1.5 points at seed 1 is a miss
+    worse = [*rows, row(P.MATRIX_DEGREE, "none", "fedavg", "0", 0.97, seed=1)]
+    worse.append(
+        {**worse[-1], "rule": "other", "rule_resolved": "other", "honest_accuracy_mean": "0.955"}
+    )
+    worse.append({**rows[2], "rule": "other", "rule_resolved": "other"})
+    clean = P.goal_report(worse, "other").split("\n")[1]
+    assert "(seed 1, gap +1.5)" in clean and clean.endswith("**missed**")
 
 
 def test_tables_and_goals_show_the_lowest_seed_and_the_seeds_table_shows_all() -> None:
@@ -283,9 +291,19 @@ def test_tables_and_goals_show_the_lowest_seed_and_the_seeds_table_shows_all() -
     assert "| sign_flip | 95.1 (94.1) |" in md and "| none | 97.0 (96.0) |" in md
     assert "| backdoor ASR | 99.0 |" in md
     report = P.goal_report(rows, "fedavg")
-    misses = report.split("\n")[0]
-    assert "sign_flip" not in misses and "ipm" not in misses and "label_flip (not run)" in misses
-    assert "97.0 % vs 97.0 %" in report and "default 99.0 % vs" in report
+    goal = report.split("\n")[0]
+    # every seed is judged: seed 0 on all cells (missing ones are misses), higher seeds on theirs
+    s0, s1, s2, s3 = goal.split(": ", 1)[1].split("; ")
+    assert s0.startswith("seed 0 **missed**: ") and "label_flip (not run)" in s0
+    assert "sign_flip" not in s0 and "ipm" not in s0
+    n = len(P.ATTACK_NAMES)
+    assert s1 == f"seed 1 (2 of {n} cells run) **missed**: sign_flip 90.00 %"
+    assert s2 == f"seed 2 (1 of {n} cells run) **missed**: sign_flip 92.00 %"
+    assert s3 == f"seed 3 (1 of {n} cells run) **met**"
+    clean = report.split("\n")[1]
+    assert "97.0 % vs 97.0 % (seed 0, gap +0.0); 96.0 % vs 96.0 % (seed 1, gap +0.0)" in clean
+    assert clean.endswith("**met**")
+    assert "default 99.0 % vs undefended fedavg 99.0 % (seed 0); default 50.0 %" in report
     spread = P.seed_spread(rows).splitlines()
     assert len(spread) == 2 + 3 and not any("ipm" in line for line in spread)
     sign = next(line for line in spread if "| sign_flip |" in line)
