@@ -28,6 +28,12 @@ def test_full_matrix_size_and_keys() -> None:
     assert {c.malicious for c in mlp} == set(P.SHARES)
     assert all(c.nodes >= 20 and c.topology == "k_regular" for c in mlp)
     assert all((c.malicious == 0) == (c.attack == "none") for c in mlp)
+    assert sorted(P.MLP_RUN_PARTITIONS) == sorted(P.PARTITIONS)
+    assert sorted(P.MLP_RUN_SHARES) == sorted(P.SHARES)
+    # run order: the goal partition first, one whole share (a complete heatmap) at a time
+    order = list(dict.fromkeys((c.partition, c.malicious) for c in mlp))
+    assert order[:3] == [("dirichlet:0.5", 0.0), ("dirichlet:0.5", 0.3), ("dirichlet:0.5", 0.4)]
+    assert len(order) == len(P.PARTITIONS) * len(P.SHARES) and order[-1] == ("iid", 0.1)
     lenet = P.build_cells("lenet")
     assert len(lenet) == len(P.LENET_RULES) * (1 + attacked)
     assert {c.model for c in lenet} == {"lenet"} and {c.malicious for c in lenet} == {0.0, 0.3}
