@@ -30,9 +30,11 @@ Threads and processes
 ---------------------
 All methods are safe to call from several threads at once (jitted functions are thread-safe and
 the model cache is guarded by a lock). The only module state is that lazy per-process cache of
-:class:`Model` objects. JAX is not fork-safe once it has run, so start worker processes with the
-``"spawn"`` or ``"forkserver"`` method; a :class:`Model` pickles as ``(name, input_shape,
-num_classes)`` and is rebuilt (and compiled once) in the worker by :func:`get_model`.
+:class:`Model` objects and whether the on-disk compilation cache is on (decided once per
+process by :func:`enable_compilation_cache`). JAX is not fork-safe once it has run, so start
+worker processes with the ``"spawn"`` or ``"forkserver"`` method; a :class:`Model` pickles as
+``(name, input_shape, num_classes)`` and is rebuilt in the worker by :func:`get_model`
+(compiled once, or loaded from the on-disk cache).
 
 Measured on the 2-core CPU dev machine (jax 0.10.2, batch 32, 600 MNIST samples = 19 steps,
 first call excluded), while 5 other engineers shared the 2 cores (load average 2 to 17), so
