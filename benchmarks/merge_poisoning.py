@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy(out / "results.csv", RESULTS_DIR / "poisoning.csv")
         shutil.copy(out / "curves.jsonl", RESULTS_DIR / "poisoning_curves.jsonl")
         copied = []
-        for p in plots:  # the goal slice's plots; the rest stay in the run directories
-            if "mnist_mlp_dirichlet0.5" in p.name and p.name.endswith("_m0.3.png"):
+        for p in plots:  # every share of the matrices; the paper's 2-cell groups have a table
+            if p.name.split("_", 2)[1] != "paper":
                 shutil.copy(p, RESULTS_DIR / f"poisoning_{p.name}")
                 copied.append(p.name)
     notes = args.notes.read_text(encoding="utf-8") if args.notes else current_notes()
