@@ -48,6 +48,7 @@ lr 0.02, momentum 0.9: 33-42 s -> 97.5-98.1 % depending on the seed).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -718,10 +719,9 @@ _CACHE_LOCK = threading.Lock()
 JIT_CACHE_ENV: Final = "DFL_JIT_CACHE"
 #: Size cap of the on-disk compilation cache (JAX evicts least recently used entries).
 _JIT_CACHE_MAX_BYTES: Final = 256 * 2**20
-_jit_cache_dir: Path | None = None
-_jit_cache_decided = False
 
 
+@functools.cache  # decided once per process; later calls return the first answer
 def enable_compilation_cache() -> Path | None:
     """Keep JAX's compiled functions on disk, so a new process loads them instead of compiling.
 
@@ -739,17 +739,12 @@ def enable_compilation_cache() -> Path | None:
     Called by :func:`get_model` before the first model of a process is built; idempotent, and
     a no-op once decided. Returns the directory in use, or None when disabled.
     """
-    global _jit_cache_dir, _jit_cache_decided
-    if _jit_cache_decided:
-        return _jit_cache_dir
-    _jit_cache_decided = True
     setting = os.environ.get(JIT_CACHE_ENV, "").strip()
     if setting.lower() in ("off", "0", "false", "no"):
         return None
     own = getattr(jax.config, "jax_compilation_cache_dir", None)
     if own:  # the user's own JAX setting (JAX_COMPILATION_CACHE_DIR) wins
-        _jit_cache_dir = Path(own)
-        return _jit_cache_dir
+        return Path(own)
     if setting:
         path = Path(setting).expanduser()
     else:
@@ -766,7 +761,6 @@ def enable_compilation_cache() -> Path | None:
     update("jax_persistent_cache_min_compile_time_secs", 0.0)
     update("jax_persistent_cache_min_entry_size_bytes", 0)
     update("jax_compilation_cache_max_size", _JIT_CACHE_MAX_BYTES)  # LRU, with filelock
-    _jit_cache_dir = path
     return path
 
 
