@@ -51,6 +51,7 @@ from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from dfl.learning.data import Dataset, load_dataset
 from dfl.learning.models import get_model
@@ -498,7 +499,12 @@ class ComputePool:
         self._inboxes: list[Any] = []
         self._outboxes: list[Any] = []
         self._arena: _Arena | None = None
+        self._blas_limit: Any = None
         if self.workers == 1:
+            # One BLAS thread, as in a worker process (_WORKER_ENV). A threaded BLAS dot sums in
+            # another order; the last bits reach signed scores and accept decisions, and one
+            # goal cell ended 1.5 points apart in-process and in workers (benchmarks/RESULTS.md).
+            self._blas_limit = threadpool_limits(limits=1, user_api="blas")
             self._local = world.build()
             self.num_params = self._local.num_params()
             return
@@ -763,3 +769,6 @@ class ComputePool:
         self._tickets.clear()
         if self._arena is not None:
             self._arena.close()
+        if self._blas_limit is not None:
+            self._blas_limit.restore_original_limits()
+            self._blas_limit = None

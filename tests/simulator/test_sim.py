@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from dfl.chain import validate_chain
 from dfl.cli import main
@@ -72,6 +73,28 @@ def test_same_heads_for_any_number_of_workers() -> None:
     assert a.summary["cpu_speculation_wasted_seconds"] == 0  # in-process: no speculation
     missed = b.summary["speculated"] > b.summary["speculation_hits"]
     assert missed == (b.summary["cpu_speculation_wasted_seconds"] > 0)
+
+
+def test_in_process_runs_blas_single_threaded_like_a_worker() -> None:
+    """A threaded BLAS dot sums in another order: BALANCE's norm (a ``np.dot`` of 15k params
+    here) changed the signed scores in-process, so one goal cell ended 1.5 points apart with
+    1 and 2 workers. The in-process pool pins BLAS to one thread, as the workers' environment
+    does, and gives the thread count back when it closes."""
+    kw = dict(model="mlp", malicious=2, attack="sign_flip", rule="balance")
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = _blas_threads()
+        sim = Simulation(Scenario(**{**SMALL, **kw}))  # type: ignore[arg-type]
+        assert _blas_threads() == [1] * len(before)
+        a = sim.run()
+        a.close()
+        assert _blas_threads() == before
+    b = run(**kw, workers=2)
+    assert a.heads == b.heads
+    assert a.summary["honest_accuracy_mean"] == b.summary["honest_accuracy_mean"]
+
+
+def _blas_threads() -> list[int]:
+    return [int(i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
 
 
 def test_direction_rule_gets_the_round_start_in_process_and_in_workers() -> None:
