@@ -233,6 +233,38 @@ class Cell:
     batch_size: int = 32
     eval_samples: int = 500
 
+    @classmethod
+    def from_row(cls, row: Mapping[str, str]) -> Cell:
+        """The cell a CSV row recorded (to run it again). ``eval_samples``, which is not in the
+        row (it sizes only the curves' per-round test sample), is the subset's: 360 for the
+        quick subset's ``digits`` cells, else 500. A ``default`` row runs the rule it names.
+
+        Raises ``ValueError`` if the rebuilt cell's key is not the row's."""
+        rule = row["rule"]
+        if rule == "default":
+            rule = row["rule_resolved"]
+        cell = cls(
+            matrix=row["matrix"],
+            dataset=row["dataset"],
+            model=row["model"],
+            partition=row["partition"],
+            malicious=float(row["malicious"]),
+            attack=row["attack"],
+            rule=rule,
+            seed=int(row["seed"]),
+            nodes=int(row["nodes"]),
+            topology=row["topology"],
+            degree=int(row["degree"]),
+            rounds=int(row["rounds"]),
+            lr=float(row["lr"]),
+            local_epochs=int(row["local_epochs"]),
+            batch_size=int(row["batch_size"]),
+            eval_samples=360 if row["dataset"] == "digits" else 500,
+        )
+        if cell.key != key_with_rule(row["key"], rule):
+            raise ValueError(f"row {row['key']!r} rebuilds as cell {cell.key!r}")
+        return cell
+
     @property
     def rule_resolved(self) -> str:
         """The registry name the rule runs as (``default`` -> ``DEFAULT_RULE``)."""

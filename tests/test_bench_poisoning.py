@@ -391,3 +391,57 @@ def test_merge_follows_the_current_default_rule() -> None:
     assert json.loads(curves[alias])["key"] == alias
     assert json.loads(curves[key("alie", "old")])["key"] == key("alie", "old")
     assert next(r for r in out if r["key"] == alias)["note"].startswith("same deterministic run")
+
+
+def _as_row(cell: P.Cell, workers: int = 2) -> dict[str, str]:
+    d = {k: str(v) for k, v in P.cell_dict(cell).items()}
+    d.update(
+        key=cell.key,
+        malicious=f"{cell.malicious:g}",
+        lr=f"{cell.lr:g}",
+        rule_resolved=cell.rule_resolved,
+        workers=str(workers),
+    )
+    return d
+
+
+def test_every_cell_and_every_committed_row_rebuilds_as_its_cell() -> None:
+    cells = P.build_cells("all", seeds=(0, 2)) + P.build_cells("quick")
+    for cell in cells:
+        back = P.Cell.from_row(_as_row(cell))
+        if cell.rule == "default":  # runs the rule it names, under that rule's own key
+            assert back == replace(cell, rule=cell.rule_resolved)
+        else:
+            assert back == cell
+    committed = P.read_rows(Path(P.__file__).parent / "results" / "poisoning.csv")
+    assert len(committed) > 500
+    for row in committed:  # every recorded result can be run again
+        cell = P.Cell.from_row(row)
+        assert cell.key == P.key_with_rule(row["key"], cell.rule)
+    bad = {**_as_row(cells[0]), "seed": "7"}
+    with pytest.raises(ValueError, match="rebuilds as cell"):
+        P.Cell.from_row(bad)
+
+
+def test_rerun_selects_runs_and_compares(
+    ran: tuple[Path, list[dict[str, object]]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import rerun_poisoning as R
+
+    rows = P.read_rows(ran[0] / "results.csv")
+    assert [r["rule"] for r in R.select(rows, rules=["trimmed_mean"])] == ["trimmed_mean"]
+    assert len(R.select(rows, recorded_workers=["1"])) == 3
+    assert R.select(rows, recorded_workers=["2"]) == []
+    aliased = [*rows, {**rows[0], "rule": "default"}]
+    assert len(R.select(aliased)) == 3  # default aliases are their rule's run
+    csv_path = ran[0] / "results.csv"
+    args = ["--csv", str(csv_path), "--out", str(tmp_path / "r"), "--rules", "trimmed_mean"]
+    assert R.main([*args, "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 1 cells re-run; 1 with the same numbers." in out
+    again = P.read_rows(tmp_path / "r" / "results.csv")
+    assert len(again) == 1 and again[0]["key"] == rows[2]["key"]
+    assert again[0]["honest_accuracy_mean"] == rows[2]["honest_accuracy_mean"]
+    assert (tmp_path / "r" / "compare.md").read_text().count("| yes |") == 1
+    assert R.main([*args, "--dry-run"]) == 0  # resumes: nothing left to run
+    assert "1 recorded cells selected, 0 to run" in capsys.readouterr().out
