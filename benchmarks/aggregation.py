@@ -9,9 +9,11 @@ BLAS runs single-threaded: the script sets ``OPENBLAS_NUM_THREADS=1``, ``OMP_NUM
 and ``MKL_NUM_THREADS=1`` before numpy is imported (and also limits thread pools with
 threadpoolctl when installed). Each cell is the median of several repeats of one call, in
 milliseconds, wall-clock and CPU time (``time.process_time``, less sensitive to other load on a
-shared machine). Candidates are ``own + noise`` with ``f = n // 5`` far outliers and
-``ctx.num_byzantine = f``; ``dfl`` and ``ubar`` get a trivial ``evaluate`` stub, so their
-timings exclude model evaluation (which dominates in practice). The table is printed and
+shared machine). Candidates are ``own + noise``; of ``f = n // 5`` attackers half are far
+outliers and half moved backwards from the round's start ``ctx.start`` (see :func:`_case`);
+``ctx.num_byzantine = f``, round 5. ``dfl``, ``ubar`` and the guarded rules
+get a trivial ``evaluate`` stub, so their timings exclude model evaluation (which dominates in
+practice). The table is printed and
 written to the ``## Aggregation`` section of ``benchmarks/RESULTS.md``.
 """
 
@@ -59,16 +61,29 @@ def _stub_evaluate(model: np.ndarray) -> tuple[float, float]:
     return 1.0 / (1.0 + loss), loss
 
 
-def _case(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def _case(
+    n: int, d: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]:
+    """Own model, candidates, weights, f and the round's start (own before its step).
+
+    Candidates are ``own + noise``; of the last ``f``, half are far outliers (``+10``) and
+    the other half moved backwards from the start (a sign flip: close and accurate, so every
+    layer of the default's stack has work: the guard and BALANCE reject the far ones, the
+    direction rank gets the budget they leave).
+    """
     rng = np.random.default_rng(seed)
     own = (0.05 * rng.standard_normal(d)).astype(np.float32)
+    step = np.float32(0.003) * np.sign(own)
+    start = own - step
     cands = np.empty((n, d), np.float32)
     for i in range(n):  # row by row: no (n, d) float64 temporary at d = 1M
         cands[i] = own + np.float32(0.01) * rng.standard_normal(d, dtype=np.float32)
     f = n // 5
-    cands[n - f :] += np.float32(10.0)
+    far = f - f // 2
+    cands[n - f : n - f + far] += np.float32(10.0)
+    cands[n - f + far :] -= 2 * step
     weights = rng.integers(100, 1000, size=n).astype(np.float64)
-    return own, cands, weights, f
+    return own, cands, weights, f, start
 
 
 def _time(fn: Any, repeats: int) -> tuple[float, float]:
@@ -89,10 +104,15 @@ def run(
     out: dict[tuple[str, int, int], tuple[float, float]] = {}
     for d in ds:
         for n in ns:
-            own, cands, weights, f = _case(n, d)
+            own, cands, weights, f, start = _case(n, d)
             ids = tuple(i.to_bytes(4, "big") for i in range(n))
             ctx = RuleContext(
-                own_samples=500, num_byzantine=f, evaluate=_stub_evaluate, candidate_ids=ids
+                own_samples=500,
+                num_byzantine=f,
+                evaluate=_stub_evaluate,
+                candidate_ids=ids,
+                start=start,
+                round=5,
             )
             reps = repeats if d <= D_LENET else max(1, repeats // 2)
             for name in rules:
@@ -169,9 +189,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{platform.release()}, Python {platform.python_version()}, numpy {np.__version__}, "
             "single-threaded BLAS  ",
             f"Load average at start: {load} (shared machine: CPU time is the steadier number)  ",
-            f"Setup: candidates = own + noise, f = n // 5 far outliers, `num_byzantine = f`; "
-            f"median of {repeats} calls per cell (half as many at d = 1M); `dfl`/`ubar` use a "
-            "trivial `evaluate` stub (model evaluation not included).",
+            "Setup: candidates = own + noise; of f = n // 5 attackers half far outliers, half "
+            "one step backwards from the round's start (a sign flip, which only the direction "
+            f"rank sees); `num_byzantine = f`, round 5; median of {repeats} calls per cell "
+            "(half as many at d = 1M); `dfl`, `ubar` and the guarded rules use a trivial "
+            "`evaluate` stub (model evaluation not included).",
             "",
             "Milliseconds per call, wall-clock (CPU):",
             "",
