@@ -90,8 +90,9 @@ MLP_RUN_SHARES: tuple[float, ...] = (0.0, 0.3, 0.4, 0.2, 0.1)
 #: mean accuracy under their worst attack (benchmarks/RESULTS.md, "Poisoning"): accuracy_guard
 #: 94.6 %, guarded_balance_median 94.2 %, balance_median 94.1 %, then median 94.0 % (the
 #: default of sessions 2-4, guarded_balance_trimmed, 94.1 %; session 5's default,
-#: guarded_direction_trimmed, 95.2 %, runs as ``default``). Session 1 picked trimmed_mean,
-#: balance and dfl from the degree-4 goal cells of 7 rules.
+#: guarded_direction_trimmed, 95.2 %, ran as ``default`` until session 9, whose default,
+#: guarded_recentered_memory_direction_trimmed, runs as ``default`` now). Session 1 picked
+#: trimmed_mean, balance and dfl from the degree-4 goal cells of 7 rules.
 LENET_RULES: tuple[str, ...] = (
     "fedavg",
     "default",

@@ -1304,17 +1304,18 @@ RULES: dict[str, Rule] = {
     "guarded_balance_median": compose(
         accuracy_guard, compose(balance, median, spend_budget=True), spend_budget=True
     ),
-    # the default (dfl.node.compute.DEFAULT_RULE): the same two filters, then the direction
-    # filter (a rank, costing no standing) on the budget they left, then the trimmed mean;
-    # rejected authors the core keeps out stop costing budget (docs/design-notes.md, 11, 17)
+    # the default of sessions 5-8: the same two filters, then the direction filter (a rank,
+    # costing no standing) on the budget they left, then the trimmed mean; rejected authors
+    # the core keeps out stop costing budget (docs/design-notes.md, 11, 17)
     "guarded_direction_trimmed": _guarded_direction_trimmed(balance, direction),
     # the same, with BALANCE told to take own as the outlier when every candidate is too far
     # from it (a drifted node otherwise isolates itself; docs/design-notes.md, 18)
     "guarded_recentered_direction_trimmed": _guarded_direction_trimmed(
         with_params(balance, recenter=1.0), direction
     ),
-    # the same, with the direction rank on each author's cosine averaged over rounds (memory
-    # 0.9): sign flippers look backwards early and honest late (docs/design-notes.md, 19)
+    # the default (dfl.node.compute.DEFAULT_RULE, since session 9): the same, with the
+    # direction rank on each author's cosine averaged over rounds (memory 0.9): sign flippers
+    # look backwards early and honest late (docs/design-notes.md, 19)
     "guarded_recentered_memory_direction_trimmed": _guarded_direction_trimmed(
         with_params(balance, recenter=1.0), with_params(direction, memory=0.9)
     ),

@@ -33,7 +33,7 @@ from dfl.node.core import Aggregate, AggregationDone, Train, TrainingDone
 __all__ = ["DEFAULT_RULE", "RULE_EVAL_SAMPLES", "Learner", "TrainSettings", "resolve_rule"]
 
 #: The rule behind the name ``default``; chosen from the poisoning matrix (benchmarks/RESULTS.md).
-DEFAULT_RULE = "guarded_direction_trimmed"
+DEFAULT_RULE = "guarded_recentered_memory_direction_trimmed"
 
 #: Validation samples a robust rule evaluates each candidate on (see Learner.evaluate_for_rule;
 #: a node's ``robust.eval_samples``).
