@@ -11,10 +11,10 @@ threadpoolctl when installed). Each cell is the median of several repeats of one
 milliseconds, wall-clock and CPU time (``time.process_time``, less sensitive to other load on a
 shared machine). Candidates are ``own + noise``; of ``f = n // 5`` attackers half are far
 outliers and half moved backwards from the round's start ``ctx.start`` (see :func:`_case`);
-``ctx.num_byzantine = f``, round 5. ``dfl``, ``ubar`` and the guarded rules
-get a trivial ``evaluate`` stub, so their timings exclude model evaluation (which dominates in
-practice). The table is printed and
-written to the ``## Aggregation`` section of ``benchmarks/RESULTS.md``.
+``ctx.num_byzantine = f``, round 5. ``dfl``, ``ubar`` and the guarded rules get a trivial
+``evaluate`` stub, so their timings exclude model evaluation (which dominates in practice).
+The table is printed and written to the ``## Aggregation`` section of
+``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
