@@ -1044,16 +1044,25 @@ def direction_cosines(
 
     Summed with ``einsum``, not BLAS, so every process gets the same bits whatever its BLAS
     threading: the score is signed into blocks, and a last-bit difference changed chains.
+    Row by row through one float64 buffer, never an ``(n, d)`` float64 copy of the pool (800 MB
+    at n = 100, d = 1M): half the time at n = 100, d = 61.7k, and the same bits for a row
+    wherever it sits in the pool.
     """
     own64 = np.asarray(own, dtype=np.float64)
     start64 = np.asarray(start, dtype=np.float64)
     if start64.shape != own64.shape or not np.isfinite(start64).all():
         raise UsageError(f"RuleContext.start must be finite with shape {own64.shape}")
     step = own64 - start64
-    moves = np.asarray(candidates, dtype=np.float64) - start64
-    norms = np.sqrt(np.einsum("ij,ij->i", moves, moves) * np.einsum("i,i->", step, step))
-    dots = np.einsum("ij,j->i", moves, step)
-    cos: F64 = np.divide(dots, norms, out=np.zeros(len(moves)), where=norms > 0)
+    x = np.asarray(candidates)
+    n = x.shape[0]
+    dots, sq = np.empty(n), np.empty(n)
+    move = np.empty_like(start64)
+    for i in range(n):
+        np.subtract(x[i], start64, out=move)  # float32 -> float64 is exact, as astype first
+        dots[i] = np.einsum("j,j->", move, step)
+        sq[i] = np.einsum("j,j->", move, move)
+    norms = np.sqrt(sq * np.einsum("i,i->", step, step))
+    cos: F64 = np.divide(dots, norms, out=np.zeros(n), where=norms > 0)
     return cos
 
 

@@ -1157,6 +1157,32 @@ def test_direction_accepts_everyone_without_start_or_budget_and_checks_start() -
         )
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 12),
+    st.sampled_from([1, 5, 8191, 8193, 61_706]),
+    st.integers(0, 2**32 - 1),
+    st.booleans(),
+)
+def test_direction_cosines_are_the_cosines_and_do_not_depend_on_the_row_order(
+    n: int, d: int, seed: int, wide: bool
+) -> None:
+    rng = np.random.default_rng(seed)
+    own = rng.standard_normal(d).astype(np.float32)
+    start = (own + 0.01 * rng.standard_normal(d)).astype(np.float32)
+    x = (own + 0.05 * rng.standard_normal((n, d))).astype(np.float64 if wide else np.float32)
+    x[0] = start  # a candidate that did not move: cosine 0
+    cos = R.direction_cosines(own, x, start)
+    step = own.astype(np.float64) - start
+    moves = x.astype(np.float64) - start
+    with np.errstate(invalid="ignore", divide="ignore"):
+        want = moves @ step / (np.linalg.norm(moves, axis=1) * np.linalg.norm(step))
+    assert cos[0] == 0.0
+    np.testing.assert_allclose(cos[1:], want[1:], rtol=1e-9, atol=1e-12)
+    perm = rng.permutation(n)
+    assert R.direction_cosines(own, x[perm], start).tobytes() == cos[perm].tobytes()
+
+
 def test_direction_memory_ranks_by_each_authors_average_cosine() -> None:
     from dfl.learning.robust import direction
 
