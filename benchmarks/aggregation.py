@@ -86,6 +86,18 @@ def _case(
     return own, cands, weights, f, start
 
 
+def _context(n: int, f: int, start: np.ndarray) -> RuleContext:
+    """The rules' context for a case: budget ``f``, round 5, its start, the stub evaluation."""
+    return RuleContext(
+        own_samples=500,
+        num_byzantine=f,
+        evaluate=_stub_evaluate,
+        candidate_ids=tuple(i.to_bytes(4, "big") for i in range(n)),
+        start=start,
+        round=5,
+    )
+
+
 def _time(fn: Any, repeats: int) -> tuple[float, float]:
     fn()  # warm-up
     wall, cpu = [], []
@@ -105,15 +117,7 @@ def run(
     for d in ds:
         for n in ns:
             own, cands, weights, f, start = _case(n, d)
-            ids = tuple(i.to_bytes(4, "big") for i in range(n))
-            ctx = RuleContext(
-                own_samples=500,
-                num_byzantine=f,
-                evaluate=_stub_evaluate,
-                candidate_ids=ids,
-                start=start,
-                round=5,
-            )
+            ctx = _context(n, f, start)
             reps = repeats if d <= D_LENET else max(1, repeats // 2)
             for name in rules:
                 call = functools.partial(RULES[name], own, cands, weights, ctx)

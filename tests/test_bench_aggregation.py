@@ -6,24 +6,15 @@ from collections import Counter
 
 import pytest
 
-from benchmarks.aggregation import _case, _stub_evaluate, run
-from dfl.learning.robust import RULES, RuleContext
+from benchmarks.aggregation import _case, _context, run
+from dfl.learning.robust import RULES
 from dfl.node.compute import DEFAULT_RULE
 
 
 @pytest.mark.parametrize("n", [10, 50])
 def test_case_exercises_guard_and_direction_rank(n: int) -> None:
     own, cands, weights, f, start = _case(n, 20_000)
-    ids = tuple(i.to_bytes(4, "big") for i in range(n))
-    ctx = RuleContext(
-        own_samples=500,
-        num_byzantine=f,
-        evaluate=_stub_evaluate,
-        candidate_ids=ids,
-        start=start,
-        round=5,
-    )
-    res = RULES[DEFAULT_RULE](own, cands, weights, ctx)
+    res = RULES[DEFAULT_RULE](own, cands, weights, _context(n, f, start))
     far = f - f // 2
     assert Counter(v.reason for v in res.verdicts) == {
         "ok": n - f,
