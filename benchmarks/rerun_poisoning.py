@@ -10,8 +10,8 @@ Selects rows of ``--csv`` (default: the committed ``benchmarks/results/poisoning
 recorded worker count, matrix, model or seed, rebuilds each cell from its row
 (:meth:`benchmarks.poisoning.Cell.from_row`), runs the ones not yet in ``OUT/results.csv``
 (so it resumes), and prints recorded against re-run honest accuracy, cell by cell, and
-whether the numbers came out the same to the last digit (also written to ``OUT/compare.md``). ``python -m benchmarks.merge_poisoning OUT`` then
-replaces the recorded rows with the new ones.
+whether the numbers came out the same to the last digit (also written to ``OUT/compare.md``).
+``python -m benchmarks.merge_poisoning OUT`` then replaces the recorded rows with the new ones.
 """
 
 from __future__ import annotations
