@@ -505,7 +505,11 @@ class ComputePool:
             # another order; the last bits reach signed scores and accept decisions, and one
             # goal cell ended 1.5 points apart in-process and in workers (benchmarks/RESULTS.md).
             self._blas_limit = threadpool_limits(limits=1, user_api="blas")
-            self._local = world.build()
+            try:
+                self._local = world.build()
+            except BaseException:
+                self._blas_limit.restore_original_limits()
+                raise
             self.num_params = self._local.num_params()
             return
         ctx = get_context("spawn")
