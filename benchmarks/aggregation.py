@@ -7,7 +7,7 @@ Usage::
 
 BLAS runs single-threaded: the script sets ``OPENBLAS_NUM_THREADS=1``, ``OMP_NUM_THREADS=1``
 and ``MKL_NUM_THREADS=1`` before numpy is imported (and also limits thread pools with
-threadpoolctl when installed). Each cell is the median of several repeats of one call, in
+threadpoolctl). Each cell is the median of several repeats of one call, in
 milliseconds, wall-clock and CPU time (``time.process_time``, less sensitive to other load on a
 shared machine). Candidates are ``own + noise``; of ``f = n // 5`` attackers half are far
 outliers and half moved backwards from the round's start ``ctx.start`` (see :func:`_case`);
@@ -25,17 +25,16 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
 import datetime as dt  # noqa: E402
 import functools  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from benchmarks._results import cpu_model, update_section  # noqa: E402
 from dfl.learning.robust import RULES, RuleContext  # noqa: E402
@@ -43,17 +42,6 @@ from dfl.learning.robust import RULES, RuleContext  # noqa: E402
 TITLE = "Aggregation"
 D_LENET = 61_706  # LeNet-5 on MNIST, the reference model size ("61.7k")
 TARGETS_MS = {"median": 20.0}  # at n=100, d=61.7k; every other rule but geomed: 50 ms
-
-
-@contextlib.contextmanager
-def _single_threaded() -> Iterator[None]:
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - the env variables above already apply
-        yield
-        return
-    with threadpool_limits(limits=1):
-        yield
 
 
 def _stub_evaluate(model: np.ndarray) -> tuple[float, float]:
@@ -166,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     started = dt.datetime.now(dt.UTC)
-    with _single_threaded():
+    with threadpool_limits(limits=1):
         res = run(ns, ds, rules, repeats)
     md_table = table(res, ns, ds)
     print()

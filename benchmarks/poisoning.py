@@ -118,6 +118,8 @@ GOAL_RULES: tuple[str, ...] = (
     "guarded_balance_median",
     "guarded_direction_trimmed",
 )
+#: Per-round test samples of the quick subset's cells (``digits`` has 360 test images).
+QUICK_EVAL_SAMPLES = 360
 QUICK_RULES: tuple[str, ...] = ("fedavg", "default", "trimmed_mean", "median", "balance", "ubar")
 QUICK_ATTACKS: tuple[str, ...] = (
     "none",
@@ -237,13 +239,15 @@ class Cell:
     @classmethod
     def from_row(cls, row: Mapping[str, str]) -> Cell:
         """The cell a CSV row recorded (to run it again). ``eval_samples``, which is not in the
-        row (it sizes only the curves' per-round test sample), is the subset's: 360 for the
-        quick subset's ``digits`` cells, else 500. A ``default`` row runs the rule it names.
+        row (it sizes only the curves' per-round test sample), is the subset's:
+        :data:`QUICK_EVAL_SAMPLES` for the quick subset's ``digits`` cells, else the field's
+        default. A ``default`` row runs the rule it names.
 
         Raises ``ValueError`` if the rebuilt cell's key is not the row's."""
         rule = row["rule"]
         if rule == "default":
             rule = row["rule_resolved"]
+        quick = {"eval_samples": QUICK_EVAL_SAMPLES} if row["dataset"] == "digits" else {}
         cell = cls(
             matrix=row["matrix"],
             dataset=row["dataset"],
@@ -260,7 +264,7 @@ class Cell:
             lr=float(row["lr"]),
             local_epochs=int(row["local_epochs"]),
             batch_size=int(row["batch_size"]),
-            eval_samples=360 if row["dataset"] == "digits" else 500,
+            **quick,
         )
         if cell.key != key_with_rule(row["key"], rule):
             raise ValueError(f"row {row['key']!r} rebuilds as cell {cell.key!r}")
@@ -469,7 +473,7 @@ def build_cells(
                                     attack,
                                     rule,
                                     seed,
-                                    eval_samples=360,
+                                    eval_samples=QUICK_EVAL_SAMPLES,
                                 )
                             )
     if partitions is not None:

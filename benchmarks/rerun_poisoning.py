@@ -22,8 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks import poisoning as P
-
-RESULTS_CSV = Path(__file__).resolve().parent / "results" / "poisoning.csv"
+from benchmarks.merge_poisoning import RESULTS_DIR
 
 
 def select(
@@ -58,6 +57,7 @@ def compare(recorded: Sequence[dict[str, str]], rerun: dict[str, dict[str, str]]
         "| same numbers |",
         "|---|---:|---:|---:|---:|---|",
     ]
+    fields = ("honest_accuracy_mean", "honest_accuracy_min", "backdoor_asr")
     same = 0
     done = 0
     for r in recorded:
@@ -65,7 +65,6 @@ def compare(recorded: Sequence[dict[str, str]], rerun: dict[str, dict[str, str]]
         if new is None:
             continue
         done += 1
-        fields = ("honest_accuracy_mean", "honest_accuracy_min", "backdoor_asr")
         equal = all(r[f] == new[f] for f in fields)
         same += equal
         lines.append(
@@ -88,7 +87,7 @@ def _split(text: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--csv", type=Path, default=RESULTS_CSV, help="recorded rows")
+    ap.add_argument("--csv", type=Path, default=RESULTS_DIR / "poisoning.csv", help="recorded rows")
     ap.add_argument("--out", type=Path, required=True, help="output directory (resumable)")
     ap.add_argument("--rules", default="", help="comma-separated rules to re-run")
     ap.add_argument("--recorded-workers", default="", help="only rows recorded with these")

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from benchmarks import poisoning as P
+from benchmarks.merge_poisoning import RESULTS_DIR
 from dfl.cli import main
 from dfl.learning.attacks import ATTACKS
 from dfl.learning.robust import RULES
@@ -413,7 +414,7 @@ def test_every_cell_and_every_committed_row_rebuilds_as_its_cell() -> None:
             assert back == replace(cell, rule=cell.rule_resolved)
         else:
             assert back == cell
-    committed = P.read_rows(Path(P.__file__).parent / "results" / "poisoning.csv")
+    committed = P.read_rows(RESULTS_DIR / "poisoning.csv")
     assert len(committed) > 500
     for row in committed:  # every recorded result can be run again
         cell = P.Cell.from_row(row)
