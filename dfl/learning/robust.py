@@ -130,8 +130,9 @@ class RuleContext:
     evaluate_many
         Optional ``evaluate_many(models (k, d) float32) -> [(accuracy, loss)] * k``: the same
         as ``evaluate`` on every row, in one batched call. When given, the rules above score
-        all the models they need in one call (own and the candidates) instead of calling
-        ``evaluate`` once per model; it must return exactly ``k`` finite pairs.
+        the candidates in one call (and own in another: stacking own on top of the pool
+        was a copy of it) instead of calling ``evaluate`` once per model; it must return
+        exactly ``k`` finite pairs.
     eval_samples
         How many samples ``evaluate`` scores on (0 = unknown). ``accuracy_guard`` does not
         judge on fewer than its ``min_samples``: the accuracy of a handful is noise.
@@ -150,6 +151,11 @@ class RuleContext:
         pool it already checked (finite float32), so the finiteness scan is not repeated (it
         was 10 scans per aggregation with the three-layer default rule). Shapes and weights
         are still checked. A caller that sets it vouches for the models.
+    model_needed
+        ``False`` when the caller uses only the verdicts and the state (:func:`compose` tells
+        its filter so): a rule may then skip computing its model and return ``own`` instead.
+        The filters of the default's stack do (``accuracy_guard``, ``balance``,
+        ``direction``): each model they computed was thrown away, one ``(n, d)`` pass each.
     """
 
     own_samples: int = 1
@@ -164,6 +170,7 @@ class RuleContext:
     params: Mapping[str, float] = field(default_factory=dict)
     inputs_checked: bool = False
     start: npt.NDArray[Any] | None = None
+    model_needed: bool = True
 
     def __post_init__(self) -> None:
         for name in ("own_samples", "num_byzantine", "round", "seed", "eval_samples"):
@@ -487,6 +494,15 @@ def _evaluate_stack(ctx: RuleContext, models: F32, rule: str) -> tuple[F64, F64]
         pairs = [_evaluate(ctx, models[i], rule) for i in range(k)]
     out: F64 = np.array(pairs, np.float64).reshape(k, 2)
     return out[:, 0], out[:, 1]
+
+
+def _evaluate_own_and(ctx: RuleContext, own: F32, models: F32, rule: str) -> tuple[F64, F64]:
+    """:func:`_evaluate_stack` of ``[own, *models]`` without stacking them (a copy of the pool):
+    own first, then the rows; with ``ctx.evaluate_many``, one call for own and one for the
+    rows (each model's numbers do not depend on what it is evaluated with)."""
+    own_acc, own_loss = _evaluate_stack(ctx, own[None], rule)
+    acc, loss = _evaluate_stack(ctx, models, rule)
+    return np.concatenate([own_acc, acc]), np.concatenate([own_loss, loss])
 
 
 def _own_on_top(own: F32, cands: F32) -> F32:
@@ -864,7 +880,7 @@ def balance(
         dist, norm, ok = around(np.median(x, axis=0).astype(np.float32))
     k = int(ok.sum())
     coef = np.where(ok, (1.0 - alpha) / max(k, 1), 0.0)
-    model = _combine(own32, x, alpha if k else 1.0, coef)
+    model = _combine(own32, x, alpha if k else 1.0, coef) if ctx.model_needed else own32
     rel = dist / norm if norm > 0 else np.zeros(n)
     verdicts = tuple(
         RuleVerdict(bool(ok[i]), float(rel[i]), "ok" if ok[i] else "too-far") for i in range(n)
@@ -936,7 +952,7 @@ def ubar(
     Guo et al., "Towards Byzantine-resilient Learning in Decentralized Systems", 2021. Stage 1
     keeps the ``ceil(rho * n)`` candidates nearest to own in L2 (``rho`` = ``params["rho"]``,
     default ``1 - f/n``: the expected benign fraction). Stage 2 evaluates them
-    (``ctx.evaluate``; own and them in one ``ctx.evaluate_many`` call when given) and keeps
+    (``ctx.evaluate``; with ``ctx.evaluate_many`` one call for own and one for them) and keeps
     those whose loss is at most own's loss, or the single lowest-loss one if none is. New
     model: ``alpha * own + (1 - alpha) * mean(kept)`` (``alpha`` default 0.5). Verdict score:
     distance (rejected in stage 1, ``"too-far"``) or loss (``"high-loss"`` / ``"ok"``).
@@ -952,7 +968,7 @@ def ubar(
     keep1 = max(1, min(n, math.ceil(rho * n - 1e-9)))
     dist = np.sqrt(_centered_gram(own32, x, full=False))
     near = np.argsort(dist, kind="stable")[:keep1]
-    _, losses = _evaluate_stack(ctx, _own_on_top(own32, x[near]), "ubar")
+    _, losses = _evaluate_own_and(ctx, own32, x[near], "ubar")
     own_loss = float(losses[0])
     loss = np.full(n, np.nan)
     loss[near] = losses[1:]
@@ -979,8 +995,8 @@ def accuracy_guard(
 
     The validation idea of DFL (Tian et al.) and UBAR's stage 2 (Guo et al., 2021), as a filter
     meant for :func:`compose`: a candidate is accepted if its accuracy on the receiver's
-    validation data (``ctx.evaluate``; own and all candidates in one ``ctx.evaluate_many``
-    call when given) is at least ``ratio`` (default 0.5) times own accuracy. Distance filters
+    validation data (``ctx.evaluate``; with ``ctx.evaluate_many``, one call for own and one
+    for all candidates) is at least ``ratio`` (default 0.5) times own accuracy. Distance filters
     cannot see label flipping (flipped models stay close in L2); accuracy on data the attacker
     never saw can. The bound is relative and loose on purpose: on non-IID
     shards an honest neighbour trained on other labels scores well below own on own data (on
@@ -1004,11 +1020,11 @@ def accuracy_guard(
     if 0 < ctx.eval_samples < min_samples:
         verdicts = tuple(RuleVerdict(True, 0.0, "ok") for _ in range(n))
         return RuleResult(_combine(own32, x, 1.0 / (n + 1), _uniform(n)), verdicts, ctx.state)
-    accs, _ = _evaluate_stack(ctx, _own_on_top(own32, x), "accuracy_guard")
+    accs, _ = _evaluate_own_and(ctx, own32, x, "accuracy_guard")
     own_acc, acc = float(accs[0]), accs[1:]
     ok = acc >= ratio * own_acc
     coef = np.where(ok, 1.0 / (1 + int(ok.sum())), 0.0)
-    model = _combine(own32, x, 1.0 / (1 + int(ok.sum())), coef)
+    model = _combine(own32, x, 1.0 / (1 + int(ok.sum())), coef) if ctx.model_needed else own32
     verdicts = tuple(
         RuleVerdict(bool(ok[i]), float(acc[i]), "ok" if ok[i] else "low-accuracy") for i in range(n)
     )
@@ -1120,7 +1136,8 @@ def direction(
         reject[np.lexsort((-np.arange(n), cos))[:k]] = True
     keep = ~reject
     m = int(keep.sum())
-    model = _combine(own32, x, 1.0 / (1 + m), np.where(keep, 1.0 / (1 + m), 0.0))
+    coef = np.where(keep, 1.0 / (1 + m), 0.0)
+    model = _combine(own32, x, 1.0 / (1 + m), coef) if ctx.model_needed else own32
     verdicts = tuple(
         RuleVerdict(bool(keep[i]), float(cos[i]), "ok" if keep[i] else RANK_PREFIX + "backwards")
         for i in range(n)
@@ -1230,15 +1247,24 @@ def compose(filter_rule: Rule, aggregator: Rule, *, spend_budget: bool = False) 
     >>> RULES["balance_median"] = compose(balance, median)  # doctest: +SKIP
     """
 
-    def composed(
+    def run(
         own: npt.NDArray[Any],
         candidates: npt.NDArray[Any],
         weights: npt.NDArray[Any],
         ctx: RuleContext,
+        scratch: bool,
     ) -> RuleResult:
+        """``scratch``: ``candidates`` is a copy an enclosing compose made and no longer
+        reads, so the accepted rows may be moved down in it instead of copied out."""
         own32, x, w = _prepare(own, candidates, weights, ctx)
         fp, ap = _split_params(ctx.params)
-        fctx = replace(ctx, state=ctx.state.get("filter", {}), params=fp, inputs_checked=True)
+        fctx = replace(
+            ctx,
+            state=ctx.state.get("filter", {}),
+            params=fp,
+            inputs_checked=True,
+            model_needed=False,
+        )
         fres = filter_rule(own32, x, w, fctx)
         idx = np.array([i for i, v in enumerate(fres.verdicts) if v.accepted], dtype=np.int64)
         ids = ctx.candidate_ids
@@ -1253,20 +1279,47 @@ def compose(filter_rule: Rule, aggregator: Rule, *, spend_budget: bool = False) 
             params=ap,
             num_byzantine=f,
             inputs_checked=True,
+            model_needed=ctx.model_needed,
         )
         everyone = idx.shape[0] == x.shape[0]  # the common case: no copy of the pool
-        ares = aggregator(own32, x if everyone else x[idx], w if everyone else w[idx], actx)
+        if everyone:
+            sub, wsub = x, w
+        else:  # one copy of the accepted rows for the whole stack, compacted in place below
+            sub, wsub = (_compact(x, idx) if scratch else x[idx]), w[idx]
+        inner = getattr(aggregator, "_compose_run", None)
+        if inner is not None:
+            ares = inner(own32, sub, wsub, actx, scratch or not everyone)
+        else:
+            ares = aggregator(own32, sub, wsub, actx)
         verdicts = list(fres.verdicts)
         for j, i in enumerate(idx.tolist()):
             verdicts[i] = ares.verdicts[j]
         state = {"filter": fres.state, "aggregate": ares.state}
         return RuleResult(ares.model, tuple(verdicts), state)
 
+    def composed(
+        own: npt.NDArray[Any],
+        candidates: npt.NDArray[Any],
+        weights: npt.NDArray[Any],
+        ctx: RuleContext,
+    ) -> RuleResult:
+        return run(own, candidates, weights, ctx, False)
+
+    composed._compose_run = run  # type: ignore[attr-defined]
+
     composed.__name__ = f"compose_{getattr(filter_rule, '__name__', 'filter')}_" + getattr(
         aggregator, "__name__", "aggregate"
     )
     composed.__doc__ = f"compose({composed.__name__}): filter then aggregate."
     return composed
+
+
+def _compact(x: F32, idx: I64) -> F32:
+    """Move rows ``idx`` (increasing) of ``x`` to its top, in place; return that top part."""
+    for j, i in enumerate(idx.tolist()):
+        if i != j:
+            x[j] = x[i]
+    return x[: idx.shape[0]]
 
 
 def _guarded_direction_trimmed(balance_rule: Rule, direction_rule: Rule) -> Rule:

@@ -154,8 +154,8 @@ class Learner:
     def evaluate_many_for_rule(self, stack: np.ndarray) -> list[tuple[float, float]]:
         """:meth:`evaluate_for_rule` of every row of a ``(k, d)`` stack, in one call.
 
-        What the robust rules call (``ctx.evaluate_many``) to score own and all candidates at
-        once: the same samples, the same numbers and the same sanitising per model as
+        What the robust rules call (``ctx.evaluate_many``) to score all candidates (and own)
+        at once: the same samples, the same numbers and the same sanitising per model as
         :meth:`evaluate_for_rule` (a model whose loss is not finite scores ``(0.0, 1e30)``),
         with the set-up shared by all the models (:meth:`Model.evaluate_many`).
         """

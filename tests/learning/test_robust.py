@@ -928,7 +928,9 @@ def test_evaluate_many_gives_the_same_result_as_evaluate(
     "name",
     ["accuracy_guard", "guarded_balance_trimmed", "guarded_balance_median", "dfl", "ubar"],
 )
-def test_rules_score_all_models_in_one_evaluate_many_call(name: str) -> None:
+def test_rules_score_all_models_in_batched_evaluate_many_calls(name: str) -> None:
+    """The candidates in one call, own (when judged) in one more: never a copy of the pool
+    with own stacked on top."""
     own = f32([0.0, 0.0])
     cands = f32([[0.1, 0.1], [5.0, 5.0], [0.2, -0.1], [0.3, 0.0]])
     seen: list[np.ndarray] = []
@@ -941,13 +943,13 @@ def test_rules_score_all_models_in_one_evaluate_many_call(name: str) -> None:
         raise AssertionError("evaluate must not be called when evaluate_many is given")
 
     res = run(name, own, cands, num_byzantine=1, evaluate=evaluate, evaluate_many=evaluate_many)
-    assert len(seen) == 1
     if name == "dfl":  # candidates only: own is not judged
+        assert len(seen) == 1
         np.testing.assert_array_equal(seen[0], cands)
-    elif name == "ubar":  # own on top of the stage-1 survivors (the 3 nearest of 4)
-        np.testing.assert_array_equal(seen[0], np.vstack([own, cands[[0, 2, 3]]]))
-    else:  # own on top of every candidate
-        np.testing.assert_array_equal(seen[0], np.vstack([own, cands]))
+    else:  # own, then every candidate (ubar: the 3 nearest of 4 that pass stage 1)
+        assert len(seen) == 2
+        np.testing.assert_array_equal(seen[0], own[None])
+        np.testing.assert_array_equal(seen[1], cands[[0, 2, 3]] if name == "ubar" else cands)
     if name == "dfl":  # accepts every candidate, weighted by its accuracy
         assert res.verdicts[1].score == min(v.score for v in res.verdicts)
     else:
@@ -1295,3 +1297,101 @@ def test_with_params_binds_defaults_that_ctx_params_override() -> None:
     assert accepted(rule(own, cands, np.ones(1), RuleContext())) == [True]
     assert accepted(rule(own, cands, np.ones(1), RuleContext(params={"gamma": 0.3}))) == [False]
     assert rule.__name__ == "balance_gamma10"
+
+
+# ------------------------------------------------------------------ no model from a filter
+
+
+@st.composite
+def ranked_case(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]:
+    """Own, candidates (some far, some moved backwards), weights, f and the round's start."""
+    n = draw(st.integers(1, 12))
+    d = draw(st.integers(1, 8))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    start = rng.normal(size=d).astype(np.float32)
+    own = (start + rng.normal(size=d) * 0.3).astype(np.float32)
+    cands = (own + rng.normal(size=(n, d)) * rng.uniform(0.01, 0.5, size=(n, 1))).astype(np.float32)
+    far = draw(st.integers(0, n))
+    back = draw(st.integers(0, n - far))
+    cands[:far] += np.float32(draw(st.sampled_from([1.0, 10.0])))
+    cands[far : far + back] = 2 * start - cands[far : far + back]
+    perm = np.asarray(draw(st.permutations(list(range(n)))), dtype=np.int64)
+    f = draw(st.integers(0, n))
+    return own, cands[perm], rng.integers(1, 9, size=n).astype(np.float64), f, start
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        R.accuracy_guard,
+        R.balance,
+        R.with_params(R.balance, recenter=1.0),
+        R.direction,
+        R.with_params(R.direction, memory=0.9),
+    ],
+)
+@FAST
+@given(case=ranked_case())
+def test_a_filter_told_its_model_is_not_needed_returns_own_and_the_same_verdicts(
+    rule: R.Rule, case: Any
+) -> None:
+    own, cands, weights, f, start = case
+    ctx = ctx_for("accuracy_guard", cands.shape[0], num_byzantine=f, start=start, round=3)
+    full = rule(own, cands, weights, ctx)
+    lean = rule(own, cands, weights, replace(ctx, model_needed=False))
+    assert lean.verdicts == full.verdicts
+    assert lean.state == full.state
+    np.testing.assert_array_equal(lean.model, own)
+
+
+def _opaque(rule: R.Rule) -> R.Rule:
+    """``rule`` behind a plain function: :func:`compose` cannot see it is a compose, so it
+    hands it its own copy of the accepted rows instead of a scratch buffer."""
+
+    def wrapped(
+        own: np.ndarray, cands: np.ndarray, weights: np.ndarray, ctx: RuleContext
+    ) -> RuleResult:
+        return rule(own, cands, weights, ctx)
+
+    return wrapped
+
+
+@FAST
+@given(case=ranked_case(), rounds=st.integers(1, 3))
+def test_nested_composes_compact_in_place_with_the_same_result_and_inputs_untouched(
+    case: Any, rounds: int
+) -> None:
+    """The default's stack shares one copy of the accepted rows between its layers and moves
+    rows down in it; the result must be that of layers that each copy, bit for bit, and the
+    caller's arrays (read-only here) must not be written."""
+    own, cands, weights, f, start = case
+    recenter = R.with_params(R.balance, recenter=1.0)
+    memory = R.with_params(R.direction, memory=0.9)
+    copying = R.remember_rejections(
+        R.compose(
+            R.accuracy_guard,
+            _opaque(
+                R.compose(
+                    recenter,
+                    _opaque(R.compose(memory, R.trimmed_mean, spend_budget=True)),
+                    spend_budget=True,
+                )
+            ),
+            spend_budget=True,
+        )
+    )
+    shared = RULES["guarded_recentered_memory_direction_trimmed"]
+    keep = cands.copy()
+    for a in (own, cands, weights, start):
+        a.setflags(write=False)
+    state_a: dict[str, Any] = {}
+    state_b: dict[str, Any] = {}
+    for r in range(rounds):
+        ctx = ctx_for("accuracy_guard", cands.shape[0], num_byzantine=f, start=start, round=r)
+        a = copying(own, cands, weights, replace(ctx, state=state_a))
+        b = shared(own, cands, weights, replace(ctx, state=state_b))
+        assert a.verdicts == b.verdicts
+        assert a.model.tobytes() == b.model.tobytes()
+        assert a.state == b.state
+        state_a, state_b = dict(a.state), dict(b.state)
+    np.testing.assert_array_equal(cands, keep)

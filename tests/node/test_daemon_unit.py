@@ -188,7 +188,7 @@ def test_evaluate_many_for_rule_matches_evaluate_for_rule_and_scores_broken_mode
     assert capped.evaluate_many_for_rule(np.stack(rows[:2]))[0][0] > 0.5  # trained: not chance
 
 
-def test_learner_rules_score_all_models_in_one_call_with_the_same_verdicts(
+def test_learner_rules_score_all_models_in_batched_calls_with_the_same_verdicts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from dataclasses import replace
@@ -227,7 +227,8 @@ def test_learner_rules_score_all_models_in_one_call_with_the_same_verdicts(
         np.testing.assert_allclose(b.model, a.model, rtol=1e-6, atol=1e-7)
         if name == "accuracy_guard":
             assert not a.verdicts[3].accepted and a.verdicts[3].reason == "low-accuracy"
-    # Learner.aggregate (and warm_up) hand the rules evaluate_many: one call per aggregation
+    # Learner.aggregate (and warm_up) hand the rules evaluate_many: per aggregation one call
+    # for own and one for the candidates
     calls: list[tuple[str, int]] = []
     one, many = learner.evaluate_for_rule, learner.evaluate_many_for_rule
 
@@ -254,11 +255,11 @@ def test_learner_rules_score_all_models_in_one_call_with_the_same_verdicts(
         state={},
     )
     done = learner.aggregate(job)
-    assert calls == [("many", len(cands) + 1)]
+    assert calls == [("many", 1), ("many", len(cands))]
     assert done.accepted[3] is False and done.reasons[3] == "low-accuracy"
     calls.clear()
     learner.warm_up("default", own)
-    assert calls == [("many", 3)]
+    assert calls == [("many", 1), ("many", 2)]
 
 
 def test_training_that_blows_up_keeps_the_start_model_and_says_so() -> None:
