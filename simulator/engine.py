@@ -690,6 +690,8 @@ class Simulation:
             "degree": sc.degree,
             "honest_accuracy_mean": float(np.mean(accs)) if accs else float("nan"),
             "honest_accuracy_min": float(np.min(accs)) if accs else float("nan"),
+            # each honest node's final accuracy, by node index
+            "honest_accuracies": {str(i): a for i, a in zip(honest, accs, strict=True)},
             "backdoor_asr": asr,
             "wall_seconds": wall,
             "setup_seconds": self.setup_seconds,

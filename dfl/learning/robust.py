@@ -1322,17 +1322,44 @@ def _compact(x: F32, idx: I64) -> F32:
     return x[: idx.shape[0]]
 
 
-def _guarded_direction_trimmed(balance_rule: Rule, direction_rule: Rule) -> Rule:
-    """The accuracy guard, ``balance_rule``, ``direction_rule`` and the trimmed mean, each
-    filter spending the Byzantine budget it used, with rejections remembered: the stack of
-    the default and of its registered variants (they differ only in the two filters' params).
+#: The layers of a guarded direction stack, outermost first (see :func:`guarded_direction_stack`).
+STACK_LAYERS: tuple[str, ...] = ("guard", "balance", "rank", "trim")
+
+#: The registered guarded direction stacks: name -> (BALANCE's params, the rank's params).
+GUARDED_DIRECTION_STACKS: dict[str, tuple[dict[str, float], dict[str, float]]] = {
+    "guarded_direction_trimmed": ({}, {}),
+    "guarded_recentered_direction_trimmed": ({"recenter": 1.0}, {}),
+    "guarded_recentered_memory_direction_trimmed": ({"recenter": 1.0}, {"memory": 0.9}),
+}
+
+
+def guarded_direction_stack(
+    balance_params: Mapping[str, float],
+    direction_params: Mapping[str, float],
+    *,
+    wrap: Callable[[str, Rule], Rule] | None = None,
+) -> Rule:
+    """The accuracy guard, BALANCE, the direction rank and the trimmed mean, each filter
+    spending the Byzantine budget it used, with rejections remembered: the stack of the default
+    and of its registered variants (:data:`GUARDED_DIRECTION_STACKS`; they differ only in the
+    two filters' params). ``wrap(layer, rule)`` (layer names: :data:`STACK_LAYERS`) may replace
+    each layer, e.g. with one that records its verdicts (``benchmarks/budget_trace.py``).
     """
+
+    def layer(name: str, rule: Rule, params: Mapping[str, float]) -> Rule:
+        bound = with_params(rule, **params) if params else rule
+        return bound if wrap is None else wrap(name, bound)
+
     return remember_rejections(
         compose(
-            accuracy_guard,
+            layer("guard", accuracy_guard, {}),
             compose(
-                balance_rule,
-                compose(direction_rule, trimmed_mean, spend_budget=True),
+                layer("balance", balance, balance_params),
+                compose(
+                    layer("rank", direction, direction_params),
+                    layer("trim", trimmed_mean, {}),
+                    spend_budget=True,
+                ),
                 spend_budget=True,
             ),
             spend_budget=True,
@@ -1366,20 +1393,18 @@ RULES: dict[str, Rule] = {
     "guarded_balance_median": compose(
         accuracy_guard, compose(balance, median, spend_budget=True), spend_budget=True
     ),
-    # the default of sessions 5-8: the same two filters, then the direction filter (a rank,
-    # costing no standing) on the budget they left, then the trimmed mean; rejected authors
-    # the core keeps out stop costing budget (docs/design-notes.md, 11, 17)
-    "guarded_direction_trimmed": _guarded_direction_trimmed(balance, direction),
-    # the same, with BALANCE told to take own as the outlier when every candidate is too far
-    # from it (a drifted node otherwise isolates itself; docs/design-notes.md, 18)
-    "guarded_recentered_direction_trimmed": _guarded_direction_trimmed(
-        with_params(balance, recenter=1.0), direction
-    ),
-    # the default (dfl.node.compute.DEFAULT_RULE, since session 9): the same, with the
-    # direction rank on each author's cosine averaged over rounds (memory 0.9): sign flippers
-    # look backwards early and honest late (docs/design-notes.md, 19)
-    "guarded_recentered_memory_direction_trimmed": _guarded_direction_trimmed(
-        with_params(balance, recenter=1.0), with_params(direction, memory=0.9)
-    ),
+    # GUARDED_DIRECTION_STACKS:
+    # - guarded_direction_trimmed, the default of sessions 5-8: the same two filters, then the
+    #   direction filter (a rank, costing no standing) on the budget they left, then the
+    #   trimmed mean; rejected authors the core keeps out stop costing budget
+    #   (docs/design-notes.md, 11, 17);
+    # - guarded_recentered_direction_trimmed: the same, with BALANCE told to take own as the
+    #   outlier when every candidate is too far from it (a drifted node otherwise isolates
+    #   itself; docs/design-notes.md, 18);
+    # - guarded_recentered_memory_direction_trimmed, the default (dfl.node.compute.
+    #   DEFAULT_RULE, since session 9): the same, with the direction rank on each author's
+    #   cosine averaged over rounds (memory 0.9): sign flippers look backwards early and honest
+    #   late (docs/design-notes.md, 19)
+    **{name: guarded_direction_stack(b, d) for name, (b, d) in GUARDED_DIRECTION_STACKS.items()},
 }
 """Registry of robust rules by name. A new defense: write the function, add one line here."""

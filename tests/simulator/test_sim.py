@@ -124,6 +124,10 @@ def test_twenty_nodes_learn_digits() -> None:
     assert s["blocks"] == 20 * 20
     assert s["honest_accuracy_mean"] >= 0.85, s
     assert s["honest_accuracy_min"] >= 0.8, s
+    by_node = s["honest_accuracies"]
+    assert sorted(by_node, key=int) == [str(i) for i in range(20)]  # no attackers here
+    assert min(by_node.values()) == s["honest_accuracy_min"]
+    assert sum(by_node.values()) / 20 == pytest.approx(s["honest_accuracy_mean"])
     # every node's chain names other authors' blocks as parents
     for store, head in zip(r.stores, r.heads, strict=True):
         blk = store.get(head)
