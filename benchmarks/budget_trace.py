@@ -120,8 +120,9 @@ def layer_table(rec: Recorder, rounds: int) -> list[dict[str, Any]]:
 
 
 def node_table(rec: Recorder, accuracies: dict[str, float]) -> list[dict[str, Any]]:
-    """Per honest node: attackers among its neighbours, final accuracy, honest models its
-    rank left out, attackers' models that passed every filter (reached the trimmed mean)."""
+    """Per honest node: attackers among its neighbours, final accuracy, honest models the
+    guard and BALANCE rejected, honest models its rank left out, attackers' models that passed
+    every filter (reached the trimmed mean)."""
     rows = []
     for i in sorted(int(k) for k in accuracies):
         mine = [v for v in rec.verdicts if v.receiver == i]
@@ -130,6 +131,10 @@ def node_table(rec: Recorder, accuracies: dict[str, float]) -> list[dict[str, An
                 "node": i,
                 "attackers": len(rec.neighbours[i] & rec.malicious),
                 "accuracy": accuracies[str(i)],
+                "filters_honest_rejected": sum(
+                    v.layer in ("guard", "balance") and not v.malicious and not v.accepted
+                    for v in mine
+                ),
                 "rank_honest_rejected": sum(
                     v.layer == "rank" and not v.malicious and not v.accepted for v in mine
                 ),
@@ -206,14 +211,16 @@ def markdown(run: dict[str, Any], rec: Recorder) -> str:
         lines.append(f"| {r['layer']} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "| node | attackers among its 8 neighbours | final accuracy | honest models its rank "
-        "left out | attackers' models past every filter |",
-        "|---:|---:|---:|---:|---:|",
+        "| node | attackers among its 8 neighbours | final accuracy | honest models the guard "
+        "and BALANCE rejected | honest models its rank left out | attackers' models past every "
+        "filter |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for r in node_table(rec, run["accuracies"]):
         lines.append(
             f"| {r['node']} | {r['attackers']} | {100 * r['accuracy']:.2f} % "
-            f"| {r['rank_honest_rejected']} | {r['malicious_through']} |"
+            f"| {r['filters_honest_rejected']} | {r['rank_honest_rejected']} "
+            f"| {r['malicious_through']} |"
         )
     return "\n".join(lines)
 
@@ -224,11 +231,11 @@ _LEGEND = (
     "recording its verdicts (which changes nothing). Layer table: the attackers' and honest "
     "neighbours' models each layer saw and rejected (a model rejected by the guard never reaches "
     "BALANCE). Node table: per honest node, its attackers among 8 neighbours, its final "
-    "accuracy, the honest models its rank left out and the attackers' models that passed every "
-    "filter, over the run. Each aggregation's receiver is the one honest node whose neighbours "
-    "include all the guard's candidates; aggregations where that is ambiguous are left out of "
-    "the node table. Definitions: `benchmarks/budget_trace.py`; reading: docs/design-notes.md, "
-    "20."
+    "accuracy, the honest models its guard and BALANCE rejected, those its rank left out and "
+    "the attackers' models that passed every filter, over the run. Each aggregation's receiver "
+    "is the one honest node whose neighbours include all the guard's candidates; aggregations "
+    "where that is ambiguous are left out of the node table. Definitions: "
+    "`benchmarks/budget_trace.py`; reading: docs/design-notes.md, 20."
 )
 
 

@@ -50,6 +50,7 @@ def test_trace_changes_nothing_and_every_layer_adds_up() -> None:
     for r in nodes:
         assert r["attackers"] == len(rec.neighbours[r["node"]] & rec.malicious)
         assert 0 <= r["malicious_through"] <= 3 * r["attackers"]
+        assert 0 <= r["filters_honest_rejected"] <= 3 * (8 - r["attackers"])
     md = B.markdown(run, rec)
     assert md.count("\n| ") == len(B.FILTERS) + len(nodes) + 2  # rows + two header rows
 
