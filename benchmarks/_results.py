@@ -6,9 +6,12 @@ heading) and keeps every other section as it was, so benchmarks can run in any o
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import platform
+import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -71,3 +74,20 @@ def machine() -> str:
         f"{cpu_model()}, nproc={os.cpu_count()}, {platform.system()} {platform.release()}, "
         f"Python {platform.python_version()}"
     )
+
+
+def run_stamp() -> str:
+    """When a run starts and how loaded the machine is then, for :func:`command_header`:
+    ``"2026-11-23 01:52 UTC; load average at start 4.2/4.3/3.7"``."""
+    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
+    load = "/".join(f"{v:.1f}" for v in os.getloadavg())
+    return f"{started} UTC; load average at start {load}"
+
+
+def command_header(module: str, argv: Sequence[str] | None, stamp: str) -> str:
+    """The ``Command:`` and ``Machine:`` lines opening a section that ``python -m module`` wrote
+    (``argv``: its arguments, ``None`` for the process's own; ``stamp``: :func:`run_stamp`,
+    taken when the run started)."""
+    shown = list(sys.argv[1:] if argv is None else argv)
+    cmd = " ".join([f"python -m {module}", *shown])
+    return f"Command: `{cmd}` ({stamp}).\nMachine: {machine()}.\n\n"

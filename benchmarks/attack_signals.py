@@ -36,9 +36,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
-import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -48,7 +45,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from benchmarks._results import machine, update_section
+from benchmarks._results import command_header, run_stamp, update_section
 
 TITLE = "Attack signals"
 SIGNALS: tuple[str, ...] = ("distance", "direction", "accuracy", "loss")
@@ -246,8 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args(argv)
     attacks = [a for a in args.attacks.split(",") if a]
-    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
-    load = "/".join(f"{v:.1f}" for v in os.getloadavg())
+    stamp = run_stamp()
     rows = []
     for a in attacks:
         row, _ = run_attack(a, args.rule, args.rounds)
@@ -258,13 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     md = table(rows)
     print(md)
     if not args.no_write:
-        shown = list(sys.argv[1:] if argv is None else argv)
-        cmd = " ".join(["python -m benchmarks.attack_signals", *shown])
-        update_section(
-            TITLE,
-            f"Command: `{cmd}` ({started} UTC; load average at start {load}).\n"
-            f"Machine: {machine()}.\n\n{_LEGEND}\n\n{md}",
-        )
+        header = command_header("benchmarks.attack_signals", argv, stamp)
+        update_section(TITLE, f"{header}{_LEGEND}\n\n{md}")
     return 0
 
 

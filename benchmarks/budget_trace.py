@@ -30,9 +30,6 @@ Writes the ``## Budget trace`` section of ``benchmarks/RESULTS.md`` (unless ``--
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -40,11 +37,13 @@ from typing import Any
 
 import numpy.typing as npt
 
-from benchmarks._results import machine, update_section
+from benchmarks._results import command_header, run_stamp, update_section
+from dfl.learning.robust import STACK_LAYERS
 
 TITLE = "Budget trace"
-#: The layers that filter (the trimmed mean accepts everyone it is given).
-FILTERS: tuple[str, ...] = ("guard", "balance", "rank")
+#: The layers that filter: all but the last, the trimmed mean, which accepts everyone it is given.
+FILTERS: tuple[str, ...] = STACK_LAYERS[:-1]
+OUTERMOST, AGGREGATOR = STACK_LAYERS[0], STACK_LAYERS[-1]
 
 
 @dataclass
@@ -87,7 +86,7 @@ class Recorder:
 
     def _record(self, layer: str, ctx: Any, res: Any) -> None:
         authors = [self.authors[a] for a in ctx.candidate_ids]
-        if layer == "guard":  # the outermost layer: a new aggregation starts here
+        if layer == OUTERMOST:  # the guard: a new aggregation starts here
             self.aggregations += 1
             who = [
                 i
@@ -138,7 +137,7 @@ def node_table(rec: Recorder, accuracies: dict[str, float]) -> list[dict[str, An
                 "rank_honest_rejected": sum(
                     v.layer == "rank" and not v.malicious and not v.accepted for v in mine
                 ),
-                "malicious_through": sum(v.layer == "trim" and v.malicious for v in mine),
+                "malicious_through": sum(v.layer == AGGREGATOR and v.malicious for v in mine),
             }
         )
     rows.sort(key=lambda r: (r["attackers"], r["node"]))
@@ -247,8 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None, help="default: the matrix's 20")
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args(argv)
-    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
-    load = "/".join(f"{v:.1f}" for v in os.getloadavg())
+    stamp = run_stamp()
     parts = []
     for attack in [a for a in args.attacks.split(",") if a]:
         run, rec = run_attack(attack, args.seed, args.rule, args.rounds)
@@ -256,13 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(md + f"\n({run['seconds']:.0f} s)\n", flush=True)
         parts.append(md)
     if not args.no_write:
-        shown = list(sys.argv[1:] if argv is None else argv)
-        cmd = " ".join(["python -m benchmarks.budget_trace", *shown])
-        update_section(
-            TITLE,
-            f"Command: `{cmd}` ({started} UTC; load average at start {load}).\n"
-            f"Machine: {machine()}.\n\n{_LEGEND}\n\n" + "\n\n".join(parts),
-        )
+        header = command_header("benchmarks.budget_trace", argv, stamp)
+        update_section(TITLE, f"{header}{_LEGEND}\n\n" + "\n\n".join(parts))
     return 0
 
 

@@ -58,3 +58,15 @@ def test_trace_changes_nothing_and_every_layer_adds_up() -> None:
 def test_only_guarded_direction_stacks_can_be_traced() -> None:
     with pytest.raises(UsageError, match="guarded direction stack"):
         B.run_attack("sign_flip", 0, "fedavg", rounds=1, dataset="digits")
+
+
+def test_command_header_is_the_sections_opening() -> None:
+    from benchmarks._results import command_header, machine, run_stamp
+
+    stamp = run_stamp()
+    assert " UTC; load average at start " in stamp and len(stamp.split("/")) == 3
+    head = command_header("benchmarks.budget_trace", ["--seed", "1"], stamp)
+    assert head == (
+        f"Command: `python -m benchmarks.budget_trace --seed 1` ({stamp}).\n"
+        f"Machine: {machine()}.\n\n"
+    )
