@@ -157,6 +157,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "wall_seconds",
     "train_seconds",
     "workers",
+    "jobs",
     "finished_utc",
     "note",
 )
@@ -509,15 +510,17 @@ def done_keys(path: Path) -> set[str]:
 def estimate_seconds(cells: Sequence[Cell], rows: Sequence[dict[str, str]]) -> tuple[float, int]:
     """Wall time the not-yet-run ``cells`` should take, from the finished ``rows``.
 
-    Each cell costs the median ``wall_seconds`` of the finished rows of its dataset, model and
-    node count (the rest barely moves a cell's time); a ``default`` cell whose resolved twin is
-    finished costs nothing (:func:`run_cells` reuses it). Returns ``(seconds, unknown)``,
-    ``unknown`` counting the cells with no finished row to go by (not in ``seconds``).
+    Each cell costs the median time of the finished rows of its dataset, model and node count
+    (the rest barely moves a cell's time), a row's time being its ``wall_seconds`` divided by
+    its ``jobs`` (cells that ran at once; empty in older rows: 1); a ``default`` cell whose
+    resolved twin is finished costs nothing (:func:`run_cells` reuses it). Returns
+    ``(seconds, unknown)``, ``unknown`` counting the cells with no finished row to go by (not
+    in ``seconds``).
     """
     times: dict[tuple[str, str, str], list[float]] = {}
     for r in rows:
         try:
-            t = float(r["wall_seconds"])
+            t = float(r["wall_seconds"]) / max(1, int(r.get("jobs") or 1))
         except (KeyError, ValueError):
             continue
         times.setdefault((r["dataset"], r["model"], r["nodes"]), []).append(t)
@@ -558,8 +561,11 @@ def _fmt(x: float | None) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.6g}"
 
 
-def run_cell(cell: Cell, workers: int = 1) -> tuple[dict[str, Any], list[list[float]]]:
-    """Run one cell; return its CSV row and its honest accuracy curve."""
+def run_cell(
+    cell: Cell, workers: int = 1, jobs: int = 1
+) -> tuple[dict[str, Any], list[list[float]]]:
+    """Run one cell; return its CSV row and its honest accuracy curve. ``jobs`` is only
+    recorded: how many cells the run had going at once (their wall times overlap)."""
     from simulator.engine import Simulation
 
     sim = Simulation(cell.scenario(workers))
@@ -591,6 +597,7 @@ def run_cell(cell: Cell, workers: int = 1) -> tuple[dict[str, Any], list[list[fl
             "wall_seconds": f"{s['wall_seconds']:.1f}",
             "train_seconds": f"{s['train_seconds']:.1f}",
             "workers": s.get("workers", workers),
+            "jobs": jobs,
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "note": "",
         }
@@ -614,14 +621,22 @@ def run_cells(
     *,
     resume: bool = True,
     workers: int = 1,
+    jobs: int = 1,
     deadline: float | None = None,
     on_start: Callable[[Cell, int, int], None] | None = None,
     on_done: Callable[[Cell, dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the cells not yet in ``out_dir/results.csv``; append each as it finishes.
 
-    Without ``resume`` an existing CSV is moved aside (``results.csv.bak-<time>``) first.
-    ``deadline`` (``time.time()`` value): start no new cell after it. Returns the new rows.
+    Without ``resume`` an existing CSV is moved aside (``results.csv.bak-<time>``) first; a CSV
+    written with older columns is rewritten with :data:`CSV_COLUMNS` (new columns empty) before
+    rows are appended. ``workers``: worker processes per simulation (1 = in-process). ``jobs``:
+    cells run at once, each in its own long-lived process (``jobs`` = 1: one at a time in this
+    process); rows are appended in the order the cells finish. ``deadline`` (``time.time()``
+    value): start no new cell after it. Returns the new rows.
+
+    If a cell raises, the cells already running are finished and recorded, then the error is
+    raised.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "results.csv"
@@ -631,31 +646,124 @@ def run_cells(
         for p in (path, curves):
             if p.exists():
                 p.rename(p.with_name(f"{p.name}.bak-{stamp}"))
+    _upgrade_columns(path)
     by_key = {r["key"]: r for r in read_rows(path)}
     todo = [c for c in cells if c.key not in by_key]
     new_rows: list[dict[str, Any]] = []
-    for k, cell in enumerate(todo):
-        if deadline is not None and time.time() > deadline:
-            break
-        if on_start is not None:
-            on_start(cell, k, len(todo))
-        twin = _reusable_default(cell, by_key)
-        if twin is not None:
-            row: dict[str, Any] = as_default_row(twin, cell.key, cell.rule_resolved)
-            row.update(
-                matrix=cell.matrix,
-                finished_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            )
-            curve = _read_curves(curves).get(twin["key"], [])
-        else:
-            row, curve = run_cell(cell, workers)
+
+    def record(cell: Cell, row: dict[str, Any], curve: list[list[float]]) -> None:
         _append_line(curves, json.dumps({"key": cell.key, "curve": curve}) + "\n")
         _append_row(path, row)
         by_key[cell.key] = {k2: str(v) for k2, v in row.items()}
         new_rows.append(row)
         if on_done is not None:
             on_done(cell, row)
+
+    def reuse(cell: Cell) -> bool:
+        """Record a ``default`` cell from its finished twin; False if there is none."""
+        twin = _reusable_default(cell, by_key)
+        if twin is None:
+            return False
+        row: dict[str, Any] = as_default_row(twin, cell.key, cell.rule_resolved)
+        row.update(
+            matrix=cell.matrix,
+            finished_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+        record(cell, row, _read_curves(curves).get(twin["key"], []))
+        return True
+
+    def start(cell: Cell, k: int) -> None:
+        if on_start is not None:
+            on_start(cell, k, len(todo))
+
+    if jobs <= 1:
+        for k, cell in enumerate(todo):
+            if deadline is not None and time.time() > deadline:
+                break
+            start(cell, k)
+            if not reuse(cell):
+                record(cell, *run_cell(cell, workers))
+        return new_rows
+    _run_parallel(todo, workers, jobs, deadline, start, reuse, record)
     return new_rows
+
+
+def _run_parallel(
+    todo: Sequence[Cell],
+    workers: int,
+    jobs: int,
+    deadline: float | None,
+    start: Callable[[Cell, int], None],
+    reuse: Callable[[Cell], bool],
+    record: Callable[[Cell, dict[str, Any], list[list[float]]], None],
+) -> None:
+    """:func:`run_cells` with ``jobs`` cells at a time in a pool of spawned processes (a fresh
+    interpreter each: no state of this process leaks into a cell). A process runs one cell after
+    another, so its compiled functions serve every later cell. A ``default`` cell whose twin is
+    still running waits for it and is then recorded from it (:func:`_reusable_default`)."""
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+    from multiprocessing import get_context
+
+    queue = list(enumerate(todo))[::-1]  # popped from the end: in order
+    running: dict[Future[tuple[dict[str, Any], list[list[float]]]], Cell] = {}
+    waiting: list[Cell] = []  # defaults whose twin is running
+    error: BaseException | None = None
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        while True:
+            while error is None and queue and len(running) < jobs:
+                if deadline is not None and time.time() > deadline:
+                    queue.clear()
+                    break
+                k, cell = queue.pop()
+                start(cell, k)
+                if reuse(cell):
+                    continue
+                if cell.rule == "default":
+                    twin = replace(cell, rule=cell.rule_resolved).key
+                    if any(c.key == twin for c in running.values()):
+                        waiting.append(cell)
+                        continue
+                running[pool.submit(run_cell, cell, workers, jobs)] = cell
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                cell = running.pop(fut)
+                exc = fut.exception()
+                if exc is not None:
+                    error = error or exc
+                    continue
+                record(cell, *fut.result())
+            for cell in list(waiting):
+                twin = replace(cell, rule=cell.rule_resolved).key
+                if not any(c.key == twin for c in running.values()):
+                    waiting.remove(cell)
+                    if error is None:  # else the twin may have failed: nothing to reuse
+                        reuse(cell)
+    if error is not None:
+        raise error
+
+
+def _upgrade_columns(path: Path) -> None:
+    """Rewrite a results CSV whose header is not :data:`CSV_COLUMNS` (written by an older
+    version) with those columns, so that appended rows line up. Atomic: a temporary file is
+    renamed over the old one."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open(newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh), [])
+    if tuple(header) == CSV_COLUMNS:
+        return
+    rows = read_rows(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: r.get(c) or "" for c in CSV_COLUMNS})
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _read_curves(path: Path) -> dict[str, list[list[float]]]:

@@ -158,6 +158,69 @@ def test_default_reuses_its_resolved_rule(tmp_path: Path, ran: tuple[Path, list[
     )
 
 
+_SAME = ("key", "honest_accuracy_mean", "honest_accuracy_min", "backdoor_asr", "malicious_nodes")
+
+
+def test_jobs_run_cells_at_once_with_the_same_results(
+    tmp_path: Path, ran: tuple[Path, list[dict[str, object]]]
+) -> None:
+    """Two cells at a time in spawned processes give the rows and curves of one at a time,
+    record ``jobs``, and a ``default`` cell whose twin is still running is taken from it."""
+    cells = _tiny()
+    default = replace(cells[1], rule="default")
+    twin = replace(cells[1], rule=default.rule_resolved)
+    started: list[str] = []
+    new = P.run_cells(
+        [*cells, twin, default],
+        tmp_path,
+        jobs=2,
+        on_start=lambda c, k, n: started.append(c.key),
+    )
+    assert started == [c.key for c in (*cells, twin, default)]
+    rows = {r["key"]: r for r in P.read_rows(tmp_path / "results.csv")}
+    assert len(new) == len(rows) == 5
+    for r in P.read_rows(ran[0] / "results.csv"):  # the sequential run of the same cells
+        assert {c: rows[r["key"]][c] for c in _SAME} == {c: r[c] for c in _SAME}
+        assert rows[r["key"]]["jobs"] == "2" and r["jobs"] == "1"
+    got = rows[default.key]
+    assert "same deterministic run" in got["note"]
+    assert got["honest_accuracy_mean"] == rows[twin.key]["honest_accuracy_mean"]
+    curves = P._read_curves(tmp_path / "curves.jsonl")
+    for key, curve in P._read_curves(ran[0] / "curves.jsonl").items():
+        assert curves[key] == curve
+    assert curves[default.key] == curves[twin.key] != []
+
+
+def test_a_failing_cell_keeps_the_cells_that_ran_beside_it(tmp_path: Path) -> None:
+    good = _tiny()[0]
+    bad = replace(good, rule="no_such_rule")
+    with pytest.raises(Exception, match="no_such_rule"):
+        P.run_cells([bad, good], tmp_path, jobs=2)
+    assert [r["key"] for r in P.read_rows(tmp_path / "results.csv")] == [good.key]
+
+
+def test_resume_rewrites_an_older_header_before_appending(
+    tmp_path: Path, ran: tuple[Path, list[dict[str, object]]]
+) -> None:
+    old_columns = [c for c in P.CSV_COLUMNS if c != "jobs"]
+    old = P.read_rows(ran[0] / "results.csv")[:2]
+    with (tmp_path / "results.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=old_columns, lineterminator="\n")
+        w.writeheader()
+        for r in old:
+            w.writerow({c: r[c] for c in old_columns})
+    P.run_cells(_tiny(), tmp_path)  # runs the third cell only
+    with (tmp_path / "results.csv").open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames or ()) == P.CSV_COLUMNS
+        rows = list(reader)
+    assert [r["key"] for r in rows] == [c.key for c in _tiny()]
+    assert [r["jobs"] for r in rows] == ["", "", "1"]
+    for r, was in zip(rows[:2], old, strict=True):
+        assert {c: r[c] for c in old_columns} == {c: was[c] for c in old_columns}
+    assert float(rows[2]["honest_accuracy_mean"]) > 0 and rows[2]["finished_utc"]
+
+
 def test_plots_and_markdown(ran: tuple[Path, list[object]], tmp_path: Path) -> None:
     out = ran[0]
     plots = P.plot_all(out)
@@ -227,6 +290,9 @@ def test_estimate_uses_the_median_of_like_cells_and_skips_reusable_defaults() ->
     assert P.estimate_seconds([], rows) == (0.0, 0)
     # a row without a usable time is ignored
     assert P.estimate_seconds([cells[1]], [{**rows[0], "wall_seconds": ""}]) == (0.0, 1)
+    # a row of a run with 2 cells at once counts half its wall time; older rows have no jobs
+    halved = [{**rows[0], "jobs": "2"}, {**rows[1], "jobs": ""}]
+    assert P.estimate_seconds([cells[1]], halved) == (statistics.median([5, 30]), 0)
 
 
 def _goal_row(

@@ -21,7 +21,7 @@ def bench() -> None:
     """Benchmarks: poisoning matrix (attacks x robust rules x malicious share x partition)."""
 
 
-def _estimate_line(estimate: tuple[float, int], workers: int, todo: int) -> str:
+def _estimate_line(estimate: tuple[float, int], workers: int, jobs: int, todo: int) -> str:
     """``estimate_seconds``' answer as one line for the console."""
     seconds, unknown = estimate
     if unknown == todo:
@@ -29,7 +29,8 @@ def _estimate_line(estimate: tuple[float, int], workers: int, todo: int) -> str:
     h, m = divmod(round(seconds / 60), 60)
     line = (
         f"estimated {h} h {m:02d} min at the median time of finished cells like these (each "
-        f"measured with its own --workers; this run: {workers})"
+        f"measured with its own --workers and --jobs; this run: --workers {workers} --jobs "
+        f"{jobs})"
     )
     if unknown:
         line += f", plus {unknown} cells with none like them finished"
@@ -83,6 +84,14 @@ def _csv_list(value: str | None) -> list[str] | None:
     help="Worker processes per simulation (1 = in-process).",
 )
 @click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Cells run at once, each in its own process (with --workers 1: one per core is "
+    "the fastest way through many cells).",
+)
+@click.option(
     "--max-minutes",
     type=float,
     default=None,
@@ -106,6 +115,7 @@ def poisoning(
     partitions: str | None,
     shares: str | None,
     workers: int,
+    jobs: int,
     max_minutes: float | None,
     dry_run: bool,
     results_md: bool | None,
@@ -165,7 +175,7 @@ def poisoning(
         f"{out / 'results.csv'}, {len(todo)} to run"
     )
     if todo:
-        console.print(_estimate_line(P.estimate_seconds(todo, finished), workers, len(todo)))
+        console.print(_estimate_line(P.estimate_seconds(todo, finished), workers, jobs, len(todo)))
     if dry_run:
         for c in todo:
             click.echo(c.key)
@@ -204,6 +214,7 @@ def poisoning(
             out,
             resume=resume,
             workers=workers,
+            jobs=jobs,
             deadline=deadline,
             on_start=on_start,
             on_done=on_done,
