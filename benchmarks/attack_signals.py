@@ -37,7 +37,7 @@ from __future__ import annotations
 import argparse
 import csv
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -164,33 +164,53 @@ def goal_cell(
     )  # fmt: skip
 
 
-def run_attack(
-    attack: str, rule: str = "default", rounds: int | None = None, dataset: str = "mnist"
-) -> tuple[dict[str, Any], Observer]:
-    """Run :func:`goal_cell` under an observer; return its table row and the observer."""
+def run_registered(
+    cell: Any, name: str, rule: Callable[..., Any], prepare: Callable[[Any], None]
+) -> tuple[dict[str, Any], float]:
+    """Run ``cell`` in this process with ``rule`` registered as ``name`` for the run only.
+
+    ``prepare(sim)`` sees the built :class:`simulator.engine.Simulation` before it runs (its
+    identities, graph, attackers). Returns the run's summary and its seconds, set-up included.
+    """
     from dfl.learning import robust
-    from dfl.node.compute import resolve_rule
     from simulator.engine import Simulation
 
-    base = goal_cell(attack, rule, rounds, dataset)
-    name = f"observed_{base.rule_resolved}"
-    observer = Observer(resolve_rule(rule))
-    robust.RULES[name] = observer
+    robust.RULES[name] = rule
     try:
         t0 = time.perf_counter()
-        sim = Simulation(replace(base, rule=name).scenario(workers=1))
-        observer.malicious_ids = frozenset(sim.identities[i].public_key for i in sim.malicious)
+        sim = Simulation(replace(cell, rule=name).scenario(workers=1))
+        prepare(sim)
         result = sim.run()
         try:
-            acc = float(result.summary["honest_accuracy_mean"])
+            summary = dict(result.summary)
         finally:
             result.close()
     finally:
         del robust.RULES[name]
-    row: dict[str, Any] = {"attack": attack, "rule": base.rule_resolved, "honest_accuracy": acc}
+    return summary, time.perf_counter() - t0
+
+
+def run_attack(
+    attack: str, rule: str = "default", rounds: int | None = None, dataset: str = "mnist"
+) -> tuple[dict[str, Any], Observer]:
+    """Run :func:`goal_cell` under an observer; return its table row and the observer."""
+    from dfl.node.compute import resolve_rule
+
+    base = goal_cell(attack, rule, rounds, dataset)
+    observer = Observer(resolve_rule(rule))
+
+    def prepare(sim: Any) -> None:
+        observer.malicious_ids = frozenset(sim.identities[i].public_key for i in sim.malicious)
+
+    summary, seconds = run_registered(base, f"observed_{base.rule_resolved}", observer, prepare)
+    row: dict[str, Any] = {
+        "attack": attack,
+        "rule": base.rule_resolved,
+        "honest_accuracy": float(summary["honest_accuracy_mean"]),
+    }
     row.update(summarise(observer.rows))
     row["matrix_accuracy"] = _matrix_accuracy(base.key)
-    row["seconds"] = time.perf_counter() - t0
+    row["seconds"] = seconds
     return row, observer
 
 

@@ -30,7 +30,6 @@ Writes the ``## Budget trace`` section of ``benchmarks/RESULTS.md`` (unless ``--
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -148,11 +147,10 @@ def run_attack(
     attack: str, seed: int, rule: str = "default", rounds: int | None = None, dataset: str = "mnist"
 ) -> tuple[dict[str, Any], Recorder]:
     """Run the goal cell of ``attack`` at ``seed`` with every layer recorded."""
-    from benchmarks.attack_signals import goal_cell
+    from benchmarks.attack_signals import goal_cell, run_registered
     from dfl.errors import UsageError
     from dfl.learning import robust
     from dfl.node.compute import DEFAULT_RULE
-    from simulator.engine import Simulation
 
     resolved = DEFAULT_RULE if rule == "default" else rule
     if resolved not in robust.GUARDED_DIRECTION_STACKS:
@@ -160,23 +158,16 @@ def run_attack(
         raise UsageError(f"--rule must be default or a guarded direction stack ({known})")
     base = replace(goal_cell(attack, resolved, rounds, dataset), seed=seed)
     rec = Recorder()
-    name = f"traced_{resolved}"
-    robust.RULES[name] = robust.guarded_direction_stack(
+    traced = robust.guarded_direction_stack(
         *robust.GUARDED_DIRECTION_STACKS[resolved], wrap=rec.wrap
     )
-    try:
-        t0 = time.perf_counter()
-        sim = Simulation(replace(base, rule=name).scenario(workers=1))
+
+    def prepare(sim: Any) -> None:
         rec.neighbours = [frozenset(int(j) for j in nb) for nb in sim.adj]
         rec.authors = {ident.public_key: i for i, ident in enumerate(sim.identities)}
         rec.malicious = frozenset(sim.malicious)
-        result = sim.run()
-        try:
-            summary = dict(result.summary)
-        finally:
-            result.close()
-    finally:
-        del robust.RULES[name]
+
+    summary, seconds = run_registered(base, f"traced_{resolved}", traced, prepare)
     out = {
         "attack": attack,
         "seed": seed,
@@ -185,7 +176,7 @@ def run_attack(
         "honest_accuracy": float(summary["honest_accuracy_mean"]),
         "honest_accuracy_min": float(summary["honest_accuracy_min"]),
         "accuracies": summary["honest_accuracies"],
-        "seconds": time.perf_counter() - t0,
+        "seconds": seconds,
     }
     return out, rec
 
