@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from benchmarks import poisoning as P
 from benchmarks.merge_poisoning import RESULTS_DIR
 from dfl.cli import main
+from dfl.commands.bench import _estimate_line
 from dfl.learning.attacks import ATTACKS
 from dfl.learning.robust import RULES
 
@@ -252,6 +253,11 @@ def test_cli_dry_run_and_resume(ran: tuple[Path, list[object]]) -> None:
     assert f"{len(P.ATTACK_NAMES)} cells (mlp)" in res.output  # none at 0, 11 attacks at 0.4
     res = runner.invoke(main, [*args, "--shares", "x"])
     assert res.exit_code == 1 and "--shares" in res.output
+    res = runner.invoke(main, [*args, "--jobs", "0"])
+    assert res.exit_code == 2 and "--jobs" in res.output
+    line = _estimate_line((3900.0, 2), workers=1, jobs=2, todo=5)
+    assert "estimated 1 h 05 min" in line and "this run: --workers 1 --jobs 2" in line
+    assert line.endswith("plus 2 cells with none like them finished")
     res = runner.invoke(main, [*args, "--partitions", "nope"])
     assert res.exit_code == 1 and "no cell matches" in res.output
 
