@@ -4,7 +4,7 @@ A check that a committed result still comes out of the committed code, and the w
 rows recorded by older code::
 
     python -m benchmarks.rerun_poisoning --rules balance_trimmed --recorded-workers 1 \\
-        --out runs/rerun --workers 2 [--max-minutes M] [--dry-run]
+        --out runs/rerun --workers 2 [--jobs N] [--max-minutes M] [--dry-run]
 
 Selects rows of ``--csv`` (default: the committed ``benchmarks/results/poisoning.csv``) by rule,
 recorded worker count, matrix, model or seed, rebuilds each cell from its row
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="", help="comma-separated models")
     ap.add_argument("--seeds", default="", help="comma-separated seeds")
     ap.add_argument("--workers", type=int, default=2, help="worker processes per simulation")
+    ap.add_argument("--jobs", type=int, default=1, help="cells at once, one process each")
     ap.add_argument("--max-minutes", type=float, default=None, help="start no cell after this")
     ap.add_argument("--dry-run", action="store_true", help="list the cells and exit")
     args = ap.parse_args(argv)
@@ -120,7 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{k + 1}/{total}] {cell.key}", flush=True)
 
     P.run_cells(
-        cells, args.out, resume=True, workers=args.workers, deadline=deadline, on_start=started
+        cells,
+        args.out,
+        resume=True,
+        workers=args.workers,
+        jobs=args.jobs,
+        deadline=deadline,
+        on_start=started,
     )
     rerun = {r["key"]: r for r in P.read_rows(args.out / "results.csv")}
     table = compare(recorded, rerun)
