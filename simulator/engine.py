@@ -107,7 +107,7 @@ from simulator.compute import SPECULATION_WASTED, AggTicket, ComputePool, World
 from simulator.scenario import Scenario
 from simulator.topology import make_topology
 
-__all__ = ["SimResult", "Simulation", "sim_identity"]
+__all__ = ["SimResult", "Simulation", "available_cpus", "sim_identity"]
 
 _SEED_MASK = 0x7FFFFFFF
 _CHECK_STRIDE = 997  # spot-check stride when matching a candidate to its published array
@@ -211,7 +211,7 @@ class Simulation:
         self.link_rng = np.random.default_rng(sc.seed + 1)
         # worker processes pay off once there is enough training to spread (measured:
         # benchmarks/RESULTS.md); small networks run faster in-process
-        workers = sc.workers or (1 if n < 50 else min(n, max(1, _cpu_count())))
+        workers = sc.workers or (1 if n < 50 else min(n, max(1, available_cpus())))
         self.pool = ComputePool(World(sc, self.malicious, data_dir), workers)
         try:
             self._build(out_dir)
@@ -765,7 +765,8 @@ def plot_accuracy(result: SimResult, path: Path, scenario: Scenario) -> None:
     plt.close(fig)
 
 
-def _cpu_count() -> int:
+def available_cpus() -> int:
+    """Cores this process may run on (its affinity mask; ``os.cpu_count()`` elsewhere)."""
     import os
 
     try:

@@ -253,13 +253,25 @@ def test_cli_dry_run_and_resume(ran: tuple[Path, list[object]]) -> None:
     assert f"{len(P.ATTACK_NAMES)} cells (mlp)" in res.output  # none at 0, 11 attacks at 0.4
     res = runner.invoke(main, [*args, "--shares", "x"])
     assert res.exit_code == 1 and "--shares" in res.output
-    res = runner.invoke(main, [*args, "--jobs", "0"])
+    res = runner.invoke(main, [*args, "--jobs", "-1"])
     assert res.exit_code == 2 and "--jobs" in res.output
     line = _estimate_line((3900.0, 2), workers=1, jobs=2, todo=5)
     assert "estimated 1 h 05 min" in line and "this run: --workers 1 --jobs 2" in line
     assert line.endswith("plus 2 cells with none like them finished")
     res = runner.invoke(main, [*args, "--partitions", "nope"])
     assert res.exit_code == 1 and "no cell matches" in res.output
+
+
+def test_cli_jobs_zero_is_one_per_core(tmp_path: Path) -> None:
+    from simulator.engine import available_cpus
+
+    cell = P.build_cells("mlp", partitions=["iid"], shares=[0.1], rules=["median"])[0]
+    P._append_row(tmp_path / "results.csv", {**P.cell_dict(cell), "key": cell.key,
+                  "wall_seconds": "30", "finished_utc": "now"})  # fmt: skip
+    args = ["bench", "poisoning", "--subset", "mlp", "--dry-run", "--out", str(tmp_path)]
+    res = CliRunner().invoke(main, [*args, "--resume", "--jobs", "0"])
+    assert res.exit_code == 0, res.output
+    assert f"--jobs {available_cpus()})" in res.output.replace("\n", " ")
 
 
 def test_estimate_uses_the_median_of_like_cells_and_skips_reusable_defaults() -> None:

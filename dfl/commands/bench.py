@@ -85,11 +85,11 @@ def _csv_list(value: str | None) -> list[str] | None:
 )
 @click.option(
     "--jobs",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=0),
     default=1,
     show_default=True,
-    help="Cells run at once, each in its own process (with --workers 1: one per core is "
-    "the fastest way through many cells).",
+    help="Cells run at once, each in its own process (0 = one per core; with --workers 1, "
+    "one per core is the fastest way through many cells).",
 )
 @click.option(
     "--max-minutes",
@@ -159,6 +159,10 @@ def poisoning(
     if not cells:
         raise UsageError("no cell matches these filters (see --dry-run without them)")
     out = out_dir or Path("runs") / f"bench-poisoning-{which}"
+    if jobs == 0:
+        from simulator.engine import available_cpus
+
+        jobs = available_cpus()
     console = Console()
     finished = P.read_rows(out / "results.csv") if resume else []
     done = {r["key"] for r in finished}
