@@ -543,9 +543,21 @@ class NodeCore:
         )
 
     def _wanted(self) -> int:
-        if not self.peers:
+        """Candidates worth waiting for: one per connected peer the node still listens to.
+
+        A peer whose author is ignored (banned, or standing below ``min_reputation``) sends
+        nothing usable, so waiting for its model would only run every round into the timeout
+        (and hold back the neighbours, who wait for this node's blocks in turn). With no peer
+        left to listen to the node waits the full timeout, as with no peers at all."""
+        ignored = {
+            self.peer_of(a)
+            for a in (*self.banned, *self.reputation)
+            if self.standing(a) < self.params.min_reputation
+        }
+        listened = len(self.peers - ignored) if ignored else len(self.peers)
+        if not listened:
             return self.params.max_updates
-        return min(self.params.max_updates, len(self.peers))
+        return min(self.params.max_updates, listened)
 
     def _maybe_aggregate(self, now: float) -> list[Effect]:
         """Aggregate when K candidates are ready or the round timed out -- but never before

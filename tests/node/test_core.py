@@ -319,6 +319,38 @@ def test_equivocation_produces_a_verifiable_proof_and_the_author_is_ignored() ->
     assert not any(isinstance(e, C.FetchBlob) for e in effs)
 
 
+def test_a_node_does_not_wait_for_the_peers_it_ignores() -> None:
+    """Once an author is ignored (here banned for equivocating), the node aggregates as soon as
+    the peers it still listens to have delivered, instead of running every round into the
+    timeout waiting for a model it would not use. (A simulation found such a node falling a
+    round behind its neighbours and ending the run on its own model.)"""
+    core = C.NodeCore(ident(0), params(max_rounds=5), np.zeros(D, np.float32), 10)
+    for k in (1, 2):
+        core.handle(C.PeerJoined(ident(k).peer_id), 0.0)
+    (train,) = core.handle(C.Start(), 0.0)
+    core.handle(toy_train(train, 1.0), 0.0)
+    for value in (1.0, 2.0):  # author 2 equivocates at height 0: banned
+        blk = _peer_block(2, model=np.full(D, value, np.float32))
+        core.handle(C.HeaderReceived(encode(blk), ident(2).peer_id), 0.5)
+    assert core.standing(ident(2).public_key) == 0.0
+    model = np.ones(D, np.float32)
+    effs = core.handle(C.HeaderReceived(encode(_peer_block(1, model=model)), ident(1).peer_id), 1.0)
+    (fetch,) = [e for e in effs if isinstance(e, C.FetchBlob)]
+    effs = core.handle(C.BlobReceived(fetch.digest, model_to_blob(model), fetch.peer), 1.0)
+    (agg,) = [e for e in effs if isinstance(e, C.Aggregate)]  # at 1.0, not at the 5.0 timeout
+    assert agg.authors == (ident(1).public_key,)
+    # with nobody left to listen to, the node waits the full timeout, as with no peers
+    lonely = C.NodeCore(ident(0), params(max_rounds=5), np.zeros(D, np.float32), 10)
+    lonely.handle(C.PeerJoined(ident(2).peer_id), 0.0)
+    (train,) = lonely.handle(C.Start(), 0.0)
+    for value in (1.0, 2.0):
+        blk = _peer_block(2, model=np.full(D, value, np.float32))
+        lonely.handle(C.HeaderReceived(encode(blk), ident(2).peer_id), 0.1)
+    effs = lonely.handle(toy_train(train, 1.0), 0.5)
+    assert not any(isinstance(e, C.Aggregate) for e in effs)
+    assert lonely.next_deadline() == pytest.approx(5.5)
+
+
 def test_stale_blocks_are_not_used() -> None:
     core = C.NodeCore(ident(0), params(max_rounds=20, max_staleness=1), np.zeros(D, np.float32), 1)
     core.handle(C.PeerJoined("peer"), 0.0)
