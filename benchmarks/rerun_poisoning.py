@@ -4,10 +4,11 @@ A check that a committed result still comes out of the committed code, and the w
 rows recorded by older code::
 
     python -m benchmarks.rerun_poisoning --rules balance_trimmed --recorded-workers 1 \\
-        --out runs/rerun --workers 2 [--jobs N] [--max-minutes M] [--dry-run]
+        --out runs/rerun --workers 2 [--jobs N] [--finished-before UTC] [--max-minutes M] \\
+        [--dry-run]
 
 Selects rows of ``--csv`` (default: the committed ``benchmarks/results/poisoning.csv``) by rule,
-recorded worker count, matrix, model or seed, rebuilds each cell from its row
+recorded worker count, matrix, model, seed or finishing time, rebuilds each cell from its row
 (:meth:`benchmarks.poisoning.Cell.from_row`), runs the ones not yet in ``OUT/results.csv``
 (so it resumes), and prints recorded against re-run honest accuracy, cell by cell, and
 whether the numbers came out the same to the last digit (also written to ``OUT/compare.md``).
@@ -33,9 +34,12 @@ def select(
     matrices: Sequence[str] = (),
     models: Sequence[str] = (),
     seeds: Sequence[str] = (),
+    finished_before: str = "",
 ) -> list[dict[str, str]]:
     """The rows matching every non-empty filter. ``default`` alias rows are left out: their
-    rule's own row is the same run."""
+    rule's own row is the same run. ``finished_before``: a UTC time as the CSV writes it
+    (``2026-11-23T04:56:00Z``); only rows finished earlier, e.g. every row a since-fixed bug
+    may have touched."""
 
     def keep(r: dict[str, str]) -> bool:
         checks = (
@@ -45,7 +49,12 @@ def select(
             (models, r["model"]),
             (seeds, r["seed"]),
         )
-        return r["rule"] != "default" and all(not want or got in want for want, got in checks)
+        early = not finished_before or r["finished_utc"] < finished_before
+        return (
+            r["rule"] != "default"
+            and early
+            and all(not want or got in want for want, got in checks)
+        )
 
     return [r for r in rows if keep(r)]
 
@@ -94,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--matrices", default="", help="comma-separated matrices (mlp, goal, ...)")
     ap.add_argument("--models", default="", help="comma-separated models")
     ap.add_argument("--seeds", default="", help="comma-separated seeds")
+    ap.add_argument("--finished-before", default="", help="only rows finished before this UTC time")
     ap.add_argument("--workers", type=int, default=2, help="worker processes per simulation")
     ap.add_argument("--jobs", type=int, default=1, help="cells at once, one process each")
     ap.add_argument("--max-minutes", type=float, default=None, help="start no cell after this")
@@ -106,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         matrices=_split(args.matrices),
         models=_split(args.models),
         seeds=_split(args.seeds),
+        finished_before=args.finished_before,
     )
     cells = [P.Cell.from_row(r) for r in recorded]
     done = P.done_keys(args.out / "results.csv")

@@ -517,6 +517,9 @@ def test_rerun_selects_runs_and_compares(
     assert [r["rule"] for r in R.select(rows, rules=["trimmed_mean"])] == ["trimmed_mean"]
     assert len(R.select(rows, recorded_workers=["1"])) == 3
     assert R.select(rows, recorded_workers=["2"]) == []
+    first = min(r["finished_utc"] for r in rows)
+    assert R.select(rows, finished_before=first) == []
+    assert len(R.select(rows, finished_before="9999")) == 3
     aliased = [*rows, {**rows[0], "rule": "default"}]
     assert len(R.select(aliased)) == 3  # default aliases are their rule's run
     csv_path = ran[0] / "results.csv"
