@@ -121,7 +121,7 @@ def write_merged(rows: list[dict[str, str]], curves: dict[str, str], out_dir: Pa
 
 def current_notes(results_md: Path = RESULTS) -> str:
     """The hand-written part of the ``## Poisoning`` section (between the header lines and
-    ``### Goals``), or ``""``."""
+    the ``### Goals`` heading, a line of its own: notes may name it), or ``""``."""
     if not results_md.exists():
         return ""
     text = results_md.read_text(encoding="utf-8")
@@ -130,7 +130,7 @@ def current_notes(results_md: Path = RESULTS) -> str:
         return ""
     section = text[start:]
     head = section.find("Cells in the CSV:")
-    goals = section.find("### Goals")
+    goals = section.find("\n### Goals\n")
     if head < 0 or goals < 0:
         return ""
     body_start = section.find("\n\n", head)

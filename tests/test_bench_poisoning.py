@@ -439,6 +439,9 @@ def test_merge_keeps_the_last_version_of_each_cell_and_relabels_goal_rows(tmp_pa
     md = tmp_path / "R.md"
     md.write_text("## Poisoning\n\nCommand: x  \nCells in the CSV: 3\n\nmy notes\n\n### Goals\n\n")
     assert M.current_notes(md) == "my notes"
+    named = "my notes (the `### Goals` below)\n\nmore"
+    md.write_text(f"## Poisoning\n\nCommand: x  \nCells in the CSV: 3\n\n{named}\n\n### Goals\n\n")
+    assert M.current_notes(md) == named  # a note naming the heading is kept whole
     assert M.current_notes(tmp_path / "missing.md") == ""
 
 
