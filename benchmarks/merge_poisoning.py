@@ -16,7 +16,6 @@ the mlp matrix (same keys), so they belong in its tables.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import tempfile
@@ -108,11 +107,7 @@ def _paths(src: Path) -> tuple[Path, Path]:
 def write_merged(rows: list[dict[str, str]], curves: dict[str, str], out_dir: Path) -> None:
     """``out_dir/results.csv`` and ``out_dir/curves.jsonl`` in :data:`P.CSV_COLUMNS` order."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "results.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(P.CSV_COLUMNS), lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow({c: r.get(c, "") for c in P.CSV_COLUMNS})
+    P.write_rows(out_dir / "results.csv", rows)
     with open(out_dir / "curves.jsonl", "w", encoding="utf-8") as f:
         for r in rows:
             if r["key"] in curves:

@@ -59,6 +59,7 @@ __all__ = [
     "run_cells",
     "seed_spread",
     "write_results_section",
+    "write_rows",
 ]
 
 #: Attacks of the matrix (issue 6), in table order.
@@ -708,6 +709,11 @@ def _run_parallel(
     running: dict[Future[tuple[dict[str, Any], list[list[float]]]], Cell] = {}
     waiting: list[Cell] = []  # defaults whose twin is running
     error: BaseException | None = None
+
+    def twin_running(cell: Cell) -> bool:
+        twin = replace(cell, rule=cell.rule_resolved).key
+        return any(c.key == twin for c in running.values())
+
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         while True:
             while error is None and queue and len(running) < jobs:
@@ -718,11 +724,9 @@ def _run_parallel(
                 start(cell, k)
                 if reuse(cell):
                     continue
-                if cell.rule == "default":
-                    twin = replace(cell, rule=cell.rule_resolved).key
-                    if any(c.key == twin for c in running.values()):
-                        waiting.append(cell)
-                        continue
+                if cell.rule == "default" and twin_running(cell):
+                    waiting.append(cell)
+                    continue
                 running[pool.submit(run_cell, cell, workers, jobs)] = cell
             if not running:
                 break
@@ -735,8 +739,7 @@ def _run_parallel(
                     continue
                 record(cell, *fut.result())
             for cell in list(waiting):
-                twin = replace(cell, rule=cell.rule_resolved).key
-                if not any(c.key == twin for c in running.values()):
+                if not twin_running(cell):
                     waiting.remove(cell)
                     if error is None:  # else the twin may have failed: nothing to reuse
                         reuse(cell)
@@ -746,15 +749,18 @@ def _run_parallel(
 
 def _upgrade_columns(path: Path) -> None:
     """Rewrite a results CSV whose header is not :data:`CSV_COLUMNS` (written by an older
-    version) with those columns, so that appended rows line up. Atomic: a temporary file is
-    renamed over the old one."""
+    version) with those columns, so that appended rows line up (:func:`write_rows`)."""
     if not path.exists() or path.stat().st_size == 0:
         return
     with path.open(newline="", encoding="utf-8") as fh:
         header = next(csv.reader(fh), [])
-    if tuple(header) == CSV_COLUMNS:
-        return
-    rows = read_rows(path)
+    if tuple(header) != CSV_COLUMNS:
+        write_rows(path, read_rows(path))
+
+
+def write_rows(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Write ``rows`` as a results CSV with :data:`CSV_COLUMNS` (missing ones empty). Atomic:
+    a temporary file is renamed over ``path``."""
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS), lineterminator="\n")

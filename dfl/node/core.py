@@ -554,7 +554,7 @@ class NodeCore:
             for a in (*self.banned, *self.reputation)
             if self.standing(a) < self.params.min_reputation
         }
-        listened = len(self.peers - ignored) if ignored else len(self.peers)
+        listened = len(self.peers - ignored)
         if not listened:
             return self.params.max_updates
         return min(self.params.max_updates, listened)
