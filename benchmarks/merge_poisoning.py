@@ -60,36 +60,36 @@ def _default_rule() -> str:
 def follow_default(
     rows: list[dict[str, str]], curves: dict[str, str], default_rule: str
 ) -> list[dict[str, str]]:
-    """Make the ``default`` rows name the current ``DEFAULT_RULE``.
+    """Make the ``default`` rows name the current ``DEFAULT_RULE``, each the same run as its
+    twin.
 
-    A ``default`` row of an earlier default is the same deterministic run as that rule's own
-    row: it is dropped, or renamed to that rule when the rule's row is missing. Every row of the
-    current default rule gets a ``default`` alias (as ``run_cells`` writes it), unless one is
-    there. ``curves`` gains the renamed and aliased keys.
+    A ``default`` row and its resolved rule's own row are the same deterministic run, recorded
+    twice. Where both are there and differ, one was re-run (after a fix) under one of the two
+    names: the later-finished row is the run, and the twin follows it. A ``default`` row of an
+    earlier default is then dropped: the rule's own row, added if missing, carries it. Every row
+    of the current default rule gets a ``default`` alias made from it (as ``run_cells`` writes
+    it). ``curves`` follow the rows' keys.
     """
-    keys = {r["key"] for r in rows}
-    out: list[dict[str, str]] = []
+    by_key = {r["key"]: r for r in rows}
     for r in rows:
-        if r.get("rule") == "default" and r.get("rule_resolved") != default_rule:
-            own_key = P.key_with_rule(r["key"], r["rule_resolved"])
-            if own_key in keys:
-                continue
+        if r.get("rule") != "default":
+            continue
+        own_key = P.key_with_rule(r["key"], r["rule_resolved"])
+        own = by_key.get(own_key)
+        if own is None or r.get("finished_utc", "") > own.get("finished_utc", ""):
+            by_key[own_key] = {**r, "key": own_key, "rule": r["rule_resolved"], "note": ""}
             if r["key"] in curves:
                 curves[own_key] = _rekey(curves[r["key"]], own_key)
-            r = {**r, "key": own_key, "rule": r["rule_resolved"], "note": ""}
-            keys.add(own_key)
-        out.append(r)
-    for r in list(out):
+        if r["rule_resolved"] != default_rule:
+            del by_key[r["key"]]
+    for key, r in list(by_key.items()):
         if r.get("rule") != default_rule:
             continue
-        alias = P.key_with_rule(r["key"], f"default={default_rule}")
-        if alias in keys:
-            continue
-        out.append(P.as_default_row(r, alias, default_rule))
-        keys.add(alias)
-        if r["key"] in curves:
-            curves[alias] = _rekey(curves[r["key"]], alias)
-    return out
+        alias = P.key_with_rule(key, f"default={default_rule}")
+        by_key[alias] = P.as_default_row(r, alias, default_rule)
+        if key in curves:
+            curves[alias] = _rekey(curves[key], alias)
+    return list(by_key.values())
 
 
 def _rekey(line: str, key: str) -> str:

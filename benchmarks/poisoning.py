@@ -33,7 +33,7 @@ import os
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -985,6 +985,43 @@ def plot_all(out_dir: Path) -> list[Path]:
 # ----------------------------------------------------------------------------- markdown
 
 
+#: Rows finished before this time (UTC, as ``finished_utc``) predate the session-11 node-core fix
+#: (docs/design-notes.md, 23): a node kept waiting for peers it ignored. Only runs in which a
+#: node's standing of a peer fell can differ, so only rules that reject can be affected.
+CORE_FIX_UTC = "2026-11-23T04:56:00Z"
+
+#: Rules that accept every candidate: their verdicts never lower a peer's standing, so the fix
+#: cannot change their runs (fedavg's 12 goal cells re-ran bit-identical).
+NEVER_REJECTING = frozenset({"fedavg", "median", "trimmed_mean", "geomed", "cclip", "scclip"})
+
+#: Marks a table cell whose run predates the fix (:func:`predates_core_fix`).
+PRE_FIX_MARK = "†"
+
+
+def predates_core_fix(row: Mapping[str, str]) -> bool:
+    """Whether ``row`` ran before the node-core fix with a rule the fix can change."""
+    finished = row.get("finished_utc") or ""
+    return row["rule"] not in NEVER_REJECTING and "" < finished < CORE_FIX_UTC
+
+
+def _pre_fix_cells(rows: Sequence[dict[str, str]]) -> dict[Group, set[tuple[str, str]]]:
+    """group -> the (attack, rule) cells whose shown run (lowest seed, as :func:`_grid`)
+    predates the fix; a share's ``none`` cell follows the share-0 run it shows."""
+    shown: dict[tuple[Group, str, str], dict[str, str]] = {}
+    for r in rows:
+        k = (_group(r), r["attack"], r["rule"])
+        if k not in shown or int(r.get("seed") or 0) < int(shown[k].get("seed") or 0):
+            shown[k] = r
+    out: dict[Group, set[tuple[str, str]]] = defaultdict(set)
+    for (g, attack, rule), r in shown.items():
+        if predates_core_fix(r):
+            out[g].add((attack, rule))
+    for g in list(out) + [k[0] for k in shown]:
+        if g[5] != "0":
+            out[g] |= {(a, r) for a, r in out.get((*g[:5], "0"), set()) if a == "none"}
+    return out
+
+
 def _pct(v: float | None) -> str:
     return "" if v is None or math.isnan(v) else f"{100 * v:.1f}"
 
@@ -993,6 +1030,7 @@ def _table(
     cells: dict[tuple[str, str], float],
     mins: dict[tuple[str, str], float],
     asr: dict[tuple[str, str], float],
+    pre_fix: Collection[tuple[str, str]] = (),
 ) -> str:
     attacks = _order({a for a, _ in cells}, ATTACK_NAMES)
     rules = _rule_order({r for _, r in cells})
@@ -1006,6 +1044,8 @@ def _table(
             m = mins.get((a, r))
             if s and m is not None:
                 s += f" ({_pct(m)})"
+            if s and (a, r) in pre_fix:
+                s += f" {PRE_FIX_MARK}"
             vals.append(s)
         lines.append(f"| {a} | " + " | ".join(vals) + " |")
         if a == "backdoor" and any((a, r) in asr for r in rules):
@@ -1024,6 +1064,7 @@ def render_markdown(rows: Sequence[dict[str, str]], *, default_rule: str | None 
     means = _grid(rows)
     mins = _grid(rows, "honest_accuracy_min")
     asr = _grid(rows, "backdoor_asr")
+    pre_fix = _pre_fix_cells(rows)
     parts = []
     titles = {
         "goal": "Goal cells",
@@ -1037,18 +1078,24 @@ def render_markdown(rows: Sequence[dict[str, str]], *, default_rule: str | None 
             continue
         sample = next(r for r in rows if _group(r)[:5] == g[:5])
         n_cells = sum(1 for r in rows if _group(r) == g)
+        stale = pre_fix.get(g, set()) & set(means[g])
+        n_stale = sum(1 for a, _ in stale if a != "none" or g[5] == "0")
         parts.append(
             f"**{titles.get(g[0], g[0])}: {g[1]} / {g[2]}, {g[3]}, {sample['nodes']} nodes "
             f"({sample['topology']}, degree {sample['degree']}), malicious {g[5]}, "
             f"{sample['rounds']} rounds, lr {sample['lr']}, {sample['local_epochs']} local "
-            f"epoch(s)** ({n_cells} cells at this share)\n\n"
-            + _table(means[g], mins.get(g, {}), asr.get(g, {}))
+            f"epoch(s)** ({n_cells} cells at this share"
+            + (f"; {n_stale} of them {PRE_FIX_MARK}, before the fix" if n_stale else "")
+            + ")\n\n"
+            + _table(means[g], mins.get(g, {}), asr.get(g, {}), stale)
         )
     body = "\n".join(parts)
     return (
         "Cells: honest mean accuracy in % on the full test set after the last round "
         f"(honest minimum in parentheses); `default` = `{default_rule}`. The `none` row of a "
-        "share > 0 is the clean run (share 0).\n\n" + body
+        "share > 0 is the clean run (share 0). "
+        f"{PRE_FIX_MARK}: run before the session-11 node-core fix ({CORE_FIX_UTC}; "
+        "docs/design-notes.md, 23) by a rule that rejects, so it may change when re-run.\n\n" + body
     )
 
 

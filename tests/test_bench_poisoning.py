@@ -404,6 +404,35 @@ def test_tables_and_goals_show_the_lowest_seed_and_the_seeds_table_shows_all() -
     assert P.seed_spread(rows[-1:]) == ""
 
 
+def test_tables_mark_the_runs_of_rejecting_rules_from_before_the_core_fix() -> None:
+    k = P.MATRIX_DEGREE
+    before, after = "2026-11-22T10:00:00Z", "2026-11-23T05:00:00Z"
+    assert before < P.CORE_FIX_UTC < after
+
+    def row(
+        attack: str, rule: str, share: str, acc: float, t: str, seed: int = 0
+    ) -> dict[str, str]:
+        return {**_goal_row(k, attack, rule, share, acc, seed=seed), "finished_utc": t}
+
+    rows = [
+        row("none", "krum", "0", 0.90, before),  # shown as the none row of 30 % too
+        row("ipm", "krum", "0.3", 0.80, before),
+        row("ipm", "krum", "0.3", 0.70, after, seed=1),  # not the shown seed
+        row("alie", "krum", "0.3", 0.85, after),
+        row("ipm", "fedavg", "0.3", 0.81, before),  # never rejects: the fix cannot change it
+        row("none", "fedavg", "0", 0.95, before),
+    ]
+    assert [P.predates_core_fix(r) for r in rows] == [True, True, False, False, False, False]
+    assert not P.predates_core_fix({**rows[0], "finished_utc": ""})  # unknown: not marked
+    md = P.render_markdown(rows, default_rule="fedavg")
+    m = P.PRE_FIX_MARK
+    assert f"| none | 95.0 (94.0) | 90.0 (89.0) {m} |" in md
+    assert f"| ipm | 81.0 (80.0) | 80.0 (79.0) {m} |" in md
+    assert "| alie |  | 85.0 (84.0) |" in md
+    assert f"(4 cells at this share; 1 of them {m}, before the fix)" in md
+    assert P.CORE_FIX_UTC in md
+
+
 def test_merge_keeps_the_last_version_of_each_cell_and_relabels_goal_rows(tmp_path: Path) -> None:
     from benchmarks import merge_poisoning as M
 
@@ -451,34 +480,52 @@ def test_merge_follows_the_current_default_rule() -> None:
     def key(attack: str, rule: str) -> str:
         return f"mnist/mlp/dirichlet:0.5/n20/k_regular8/m0.3/{attack}/{rule}/s0/r20/lr0.3/e1/b32"
 
-    def row(attack: str, rule: str, resolved: str, acc: str) -> dict[str, str]:
+    def row(attack: str, rule: str, resolved: str, acc: str, t: str = "1") -> dict[str, str]:
         name = "default" if rule.startswith("default=") else rule
         return {"key": key(attack, rule), "rule": name, "rule_resolved": resolved,
-                "honest_accuracy_mean": acc, "note": ""}  # fmt: skip
+                "honest_accuracy_mean": acc, "finished_utc": t, "note": ""}  # fmt: skip
 
     rows = [
         row("ipm", "default=old", "old", "0.1"),  # twin present: dropped
         row("ipm", "old", "old", "0.1"),
         row("alie", "default=old", "old", "0.2"),  # twin missing: renamed
+        row("gaussian", "default=old", "old", "0.25", t="2"),  # re-run as default: it wins
+        row("gaussian", "old", "old", "0.2"),
         row("ipm", "new", "new", "0.3"),  # gets a default alias
         row("alie", "new", "new", "0.4"),
         row("alie", "default=new", "new", "0.4"),  # alias already there
+        row("scaling", "new", "new", "0.55", t="2"),  # re-run under its own name
+        row("scaling", "default=new", "new", "0.5"),  # an older alias follows it
+        row("label_flip", "default=new", "new", "0.65", t="2"),  # re-run as default
+        row("label_flip", "new", "new", "0.6"),  # the own row follows it
     ]
-    curves = {r["key"]: json.dumps({"key": r["key"], "curve": [[1.0]]}) for r in rows}
+    curves = {
+        r["key"]: json.dumps({"key": r["key"], "curve": [[float(r["honest_accuracy_mean"])]]})
+        for r in rows
+    }
     out = M.follow_default(rows, curves, "new")
     got = sorted((r["key"].split("/")[6], r["rule"], r["honest_accuracy_mean"]) for r in out)
     assert got == [
         ("alie", "default", "0.4"),
         ("alie", "new", "0.4"),
         ("alie", "old", "0.2"),
+        ("gaussian", "old", "0.25"),
         ("ipm", "default", "0.3"),
         ("ipm", "new", "0.3"),
         ("ipm", "old", "0.1"),
+        ("label_flip", "default", "0.65"),
+        ("label_flip", "new", "0.65"),
+        ("scaling", "default", "0.55"),
+        ("scaling", "new", "0.55"),
     ]
+    assert len({r["key"] for r in out}) == len(out)
+    for r in out:  # every row's curve is its run's, under its key
+        assert json.loads(curves[r["key"]]) == {
+            "key": r["key"], "curve": [[float(r["honest_accuracy_mean"])]]
+        }  # fmt: skip
     alias = key("ipm", "default=new")
-    assert json.loads(curves[alias])["key"] == alias
-    assert json.loads(curves[key("alie", "old")])["key"] == key("alie", "old")
     assert next(r for r in out if r["key"] == alias)["note"].startswith("same deterministic run")
+    assert next(r for r in out if r["key"] == key("label_flip", "new"))["note"] == ""
 
 
 def _as_row(cell: P.Cell, workers: int = 2) -> dict[str, str]:
