@@ -905,6 +905,7 @@ def plot_all(out_dir: Path) -> list[Path]:
     plots.mkdir(exist_ok=True)
     written: list[Path] = []
     grid = _grid(rows)
+    pre_fix = _pre_fix_cells(rows)
     for g, cells in sorted(grid.items()):
         if g[5] == "0" and any(h[:5] == g[:5] and h[5] != "0" for h in grid):
             continue  # the clean baseline is the 'none' column of the other shares
@@ -917,12 +918,17 @@ def plot_all(out_dir: Path) -> list[Path]:
         im = ax.imshow(data, vmin=50, vmax=100, cmap="RdYlGn", aspect="auto")
         ax.set_xticks(range(len(attacks)), attacks, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(rules)), rules, fontsize=8)
+        stale = pre_fix.get(g, set())
         for yi, line in enumerate(data):
             for xi, v in enumerate(line):
                 if not math.isnan(v):
-                    ax.text(xi, yi, f"{v:.0f}", ha="center", va="center", fontsize=7)
+                    mark = PRE_FIX_MARK if (attacks[xi], rules[yi]) in stale else ""
+                    ax.text(xi, yi, f"{v:.0f}{mark}", ha="center", va="center", fontsize=7)
         ax.set_title(
-            f"honest mean accuracy (%): {g[1]}/{g[2]}, {g[3]}, {g[4]}, malicious {g[5]} ({g[0]})",
+            f"honest mean accuracy (%): {g[1]}/{g[2]}, {g[3]}, {g[4]}, malicious {g[5]} ({g[0]})"
+            + (
+                f"\n{PRE_FIX_MARK}: run before the core fix of {CORE_FIX_UTC[:10]}" if stale else ""
+            ),
             fontsize=8,
         )
         fig.colorbar(im, ax=ax, fraction=0.03)
