@@ -1022,9 +1022,11 @@ def _pre_fix_cells(rows: Sequence[dict[str, str]]) -> dict[Group, set[tuple[str,
     for (g, attack, rule), r in shown.items():
         if predates_core_fix(r):
             out[g].add((attack, rule))
-    for g in list(out) + [k[0] for k in shown]:
-        if g[5] != "0":
-            out[g] |= {(a, r) for a, r in out.get((*g[:5], "0"), set()) if a == "none"}
+    for g in {k[0] for k in shown if k[0][5] != "0"}:
+        clean = (*g[:5], "0")
+        for rule in {k[2] for k in shown if k[0] == clean and k[1] == "none"}:
+            if (g, "none", rule) not in shown and ("none", rule) in out.get(clean, ()):
+                out[g].add(("none", rule))
     return out
 
 
