@@ -1093,7 +1093,11 @@ def render_markdown(rows: Sequence[dict[str, str]], *, default_rule: str | None 
             f"({sample['topology']}, degree {sample['degree']}), malicious {g[5]}, "
             f"{sample['rounds']} rounds, lr {sample['lr']}, {sample['local_epochs']} local "
             f"epoch(s)** ({n_cells} cells at this share"
-            + (f"; {n_stale} of them {PRE_FIX_MARK}, before the fix" if n_stale else "")
+            + (
+                f"; {PRE_FIX_MARK}: {n_stale} shown run{'s' * (n_stale != 1)} from before the fix"
+                if n_stale
+                else ""
+            )
             + ")\n\n"
             + _table(means[g], mins.get(g, {}), asr.get(g, {}), stale)
         )

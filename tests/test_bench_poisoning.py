@@ -429,7 +429,7 @@ def test_tables_mark_the_runs_of_rejecting_rules_from_before_the_core_fix() -> N
     assert f"| none | 95.0 (94.0) | 90.0 (89.0) {m} |" in md
     assert f"| ipm | 81.0 (80.0) | 80.0 (79.0) {m} |" in md
     assert "| alie |  | 85.0 (84.0) |" in md
-    assert f"(4 cells at this share; 1 of them {m}, before the fix)" in md
+    assert f"(4 cells at this share; {m}: 1 shown run from before the fix)" in md
     assert P.CORE_FIX_UTC in md
 
 
