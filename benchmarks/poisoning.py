@@ -1011,23 +1011,10 @@ def predates_core_fix(row: Mapping[str, str]) -> bool:
 
 
 def _pre_fix_cells(rows: Sequence[dict[str, str]]) -> dict[Group, set[tuple[str, str]]]:
-    """group -> the (attack, rule) cells whose shown run (lowest seed, as :func:`_grid`)
-    predates the fix; a share's ``none`` cell follows the share-0 run it shows."""
-    shown: dict[tuple[Group, str, str], dict[str, str]] = {}
-    for r in rows:
-        k = (_group(r), r["attack"], r["rule"])
-        if k not in shown or int(r.get("seed") or 0) < int(shown[k].get("seed") or 0):
-            shown[k] = r
-    out: dict[Group, set[tuple[str, str]]] = defaultdict(set)
-    for (g, attack, rule), r in shown.items():
-        if predates_core_fix(r):
-            out[g].add((attack, rule))
-    for g in {k[0] for k in shown if k[0][5] != "0"}:
-        clean = (*g[:5], "0")
-        for rule in {k[2] for k in shown if k[0] == clean and k[1] == "none"}:
-            if (g, "none", rule) not in shown and ("none", rule) in out.get(clean, ()):
-                out[g].add(("none", rule))
-    return out
+    """group -> the (attack, rule) cells whose shown run (as :func:`_grid` picks it: lowest
+    seed, a share's ``none`` cell from share 0) predates the fix."""
+    flagged = [{**r, "pre_fix": "1" if predates_core_fix(r) else "0"} for r in rows]
+    return {g: {k for k, v in cells.items() if v} for g, cells in _grid(flagged, "pre_fix").items()}
 
 
 def _pct(v: float | None) -> str:
@@ -1086,7 +1073,7 @@ def render_markdown(rows: Sequence[dict[str, str]], *, default_rule: str | None 
             continue
         sample = next(r for r in rows if _group(r)[:5] == g[:5])
         n_cells = sum(1 for r in rows if _group(r) == g)
-        stale = pre_fix.get(g, set()) & set(means[g])
+        stale = pre_fix.get(g, set())
         n_stale = sum(1 for a, _ in stale if a != "none" or g[5] == "0")
         parts.append(
             f"**{titles.get(g[0], g[0])}: {g[1]} / {g[2]}, {g[3]}, {sample['nodes']} nodes "
