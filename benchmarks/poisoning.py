@@ -33,7 +33,7 @@ import os
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -905,7 +905,6 @@ def plot_all(out_dir: Path) -> list[Path]:
     plots.mkdir(exist_ok=True)
     written: list[Path] = []
     grid = _grid(rows)
-    pre_fix = _pre_fix_cells(rows)
     for g, cells in sorted(grid.items()):
         if g[5] == "0" and any(h[:5] == g[:5] and h[5] != "0" for h in grid):
             continue  # the clean baseline is the 'none' column of the other shares
@@ -918,17 +917,12 @@ def plot_all(out_dir: Path) -> list[Path]:
         im = ax.imshow(data, vmin=50, vmax=100, cmap="RdYlGn", aspect="auto")
         ax.set_xticks(range(len(attacks)), attacks, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(rules)), rules, fontsize=8)
-        stale = pre_fix.get(g, set())
         for yi, line in enumerate(data):
             for xi, v in enumerate(line):
                 if not math.isnan(v):
-                    mark = PRE_FIX_MARK if (attacks[xi], rules[yi]) in stale else ""
-                    ax.text(xi, yi, f"{v:.0f}{mark}", ha="center", va="center", fontsize=7)
+                    ax.text(xi, yi, f"{v:.0f}", ha="center", va="center", fontsize=7)
         ax.set_title(
-            f"honest mean accuracy (%): {g[1]}/{g[2]}, {g[3]}, {g[4]}, malicious {g[5]} ({g[0]})"
-            + (
-                f"\n{PRE_FIX_MARK}: run before the core fix of {CORE_FIX_UTC[:10]}" if stale else ""
-            ),
+            f"honest mean accuracy (%): {g[1]}/{g[2]}, {g[3]}, {g[4]}, malicious {g[5]} ({g[0]})",
             fontsize=8,
         )
         fig.colorbar(im, ax=ax, fraction=0.03)
@@ -991,32 +985,6 @@ def plot_all(out_dir: Path) -> list[Path]:
 # ----------------------------------------------------------------------------- markdown
 
 
-#: Rows finished before this time (UTC, as ``finished_utc``) predate the session-11 node-core fix
-#: (docs/design-notes.md, 23): a node kept waiting for peers it ignored. Only runs in which a
-#: node's standing of a peer fell can differ, so only rules that reject can be affected.
-CORE_FIX_UTC = "2026-11-23T04:56:00Z"
-
-#: Rules that accept every candidate: their verdicts never lower a peer's standing, so the fix
-#: cannot change their runs (fedavg's 12 goal cells re-ran bit-identical).
-NEVER_REJECTING = frozenset({"fedavg", "median", "trimmed_mean", "geomed", "cclip", "scclip"})
-
-#: Marks a table cell whose run predates the fix (:func:`predates_core_fix`).
-PRE_FIX_MARK = "†"
-
-
-def predates_core_fix(row: Mapping[str, str]) -> bool:
-    """Whether ``row`` ran before the node-core fix with a rule the fix can change."""
-    finished = row.get("finished_utc") or ""
-    return row["rule"] not in NEVER_REJECTING and "" < finished < CORE_FIX_UTC
-
-
-def _pre_fix_cells(rows: Sequence[dict[str, str]]) -> dict[Group, set[tuple[str, str]]]:
-    """group -> the (attack, rule) cells whose shown run (as :func:`_grid` picks it: lowest
-    seed, a share's ``none`` cell from share 0) predates the fix."""
-    flagged = [{**r, "pre_fix": "1" if predates_core_fix(r) else "0"} for r in rows]
-    return {g: {k for k, v in cells.items() if v} for g, cells in _grid(flagged, "pre_fix").items()}
-
-
 def _pct(v: float | None) -> str:
     return "" if v is None or math.isnan(v) else f"{100 * v:.1f}"
 
@@ -1025,7 +993,6 @@ def _table(
     cells: dict[tuple[str, str], float],
     mins: dict[tuple[str, str], float],
     asr: dict[tuple[str, str], float],
-    pre_fix: Collection[tuple[str, str]] = (),
 ) -> str:
     attacks = _order({a for a, _ in cells}, ATTACK_NAMES)
     rules = _rule_order({r for _, r in cells})
@@ -1039,8 +1006,6 @@ def _table(
             m = mins.get((a, r))
             if s and m is not None:
                 s += f" ({_pct(m)})"
-            if s and (a, r) in pre_fix:
-                s += f" {PRE_FIX_MARK}"
             vals.append(s)
         lines.append(f"| {a} | " + " | ".join(vals) + " |")
         if a == "backdoor" and any((a, r) in asr for r in rules):
@@ -1050,8 +1015,58 @@ def _table(
     return head + "\n".join(lines) + "\n"
 
 
+def ranking(
+    cells: Mapping[tuple[str, str], float],
+    mins: Mapping[tuple[str, str], float],
+    asr: Mapping[tuple[str, str], float],
+    default_rule: str,
+) -> str:
+    """Markdown table of one group's rules ranked by their worst attack (honest mean accuracy,
+    lowest node in parentheses), with the mean over the attacks, the clean run and the
+    backdoor's success. A rule that has not run every attack of the group comes last, unranked,
+    with how many it ran. The default's own rule is left out where its ``default`` runs are
+    there (the same runs). Empty for a group with fewer than two attacks or rules."""
+    attacks = {a for a, _ in cells if a != "none"}
+    rules = {r for _, r in cells}
+    if "default" in rules:
+        rules.discard(default_rule)
+    if len(attacks) < 2 or len(rules) < 2:
+        return ""
+    entries = []
+    for rule in rules:
+        ran = {a: cells[(a, rule)] for a in attacks if (a, rule) in cells}
+        if ran:
+            worst = min(sorted(ran), key=ran.__getitem__)
+            entries.append((len(ran) < len(attacks), -ran[worst], rule, worst, ran))
+    order = _rule_order(rules)
+    entries.sort(key=lambda e: (e[0], e[1], order.index(e[2])))
+    lines, rank, last = [], 0, None
+    for i, (partial, neg_worst, rule, worst, ran) in enumerate(entries):
+        if not partial and neg_worst != last:
+            rank, last = i + 1, neg_worst
+        shown = f"{worst} {_pct(ran[worst])}"
+        if (worst, rule) in mins:
+            shown += f" ({_pct(mins[(worst, rule)])})"
+        if partial:
+            shown += f"; {len(ran)} of {len(attacks)} attacks run"
+        clean = _pct(cells.get(("none", rule)))
+        if clean and ("none", rule) in mins:
+            clean += f" ({_pct(mins[('none', rule)])})"
+        mean = _pct(sum(ran.values()) / len(ran))
+        backdoor = _pct(asr.get(("backdoor", rule)))
+        lines.append(
+            f"| {'' if partial else rank} | {rule} | {shown} | {mean} | {clean} | {backdoor} |"
+        )
+    head = (
+        "| rank | rule | worst attack (min) | mean over attacks | no attack (min) "
+        "| backdoor ASR |\n|---:|---|---|---:|---:|---:|\n"
+    )
+    return head + "\n".join(lines) + "\n"
+
+
 def render_markdown(rows: Sequence[dict[str, str]], *, default_rule: str | None = None) -> str:
-    """Tables of ``rows``: honest mean (min) accuracy in % per attack x rule, per group."""
+    """Tables of ``rows``: honest mean (min) accuracy in % per attack x rule, per group, and
+    each group's rules ranked by their worst attack (:func:`ranking`)."""
     if default_rule is None:
         from dfl.node.compute import DEFAULT_RULE
 
@@ -1059,7 +1074,6 @@ def render_markdown(rows: Sequence[dict[str, str]], *, default_rule: str | None 
     means = _grid(rows)
     mins = _grid(rows, "honest_accuracy_min")
     asr = _grid(rows, "backdoor_asr")
-    pre_fix = _pre_fix_cells(rows)
     parts = []
     titles = {
         "goal": "Goal cells",
@@ -1073,28 +1087,20 @@ def render_markdown(rows: Sequence[dict[str, str]], *, default_rule: str | None 
             continue
         sample = next(r for r in rows if _group(r)[:5] == g[:5])
         n_cells = sum(1 for r in rows if _group(r) == g)
-        stale = pre_fix.get(g, set())
-        n_stale = sum(1 for a, _ in stale if a != "none" or g[5] == "0")
+        ranked = ranking(means[g], mins.get(g, {}), asr.get(g, {}), default_rule)
         parts.append(
             f"**{titles.get(g[0], g[0])}: {g[1]} / {g[2]}, {g[3]}, {sample['nodes']} nodes "
             f"({sample['topology']}, degree {sample['degree']}), malicious {g[5]}, "
             f"{sample['rounds']} rounds, lr {sample['lr']}, {sample['local_epochs']} local "
-            f"epoch(s)** ({n_cells} cells at this share"
-            + (
-                f"; {PRE_FIX_MARK}: {n_stale} shown run{'s' * (n_stale != 1)} from before the fix"
-                if n_stale
-                else ""
-            )
-            + ")\n\n"
-            + _table(means[g], mins.get(g, {}), asr.get(g, {}), stale)
+            f"epoch(s)** ({n_cells} cells at this share)\n\n"
+            + _table(means[g], mins.get(g, {}), asr.get(g, {}))
+            + (f"\nRanked by the worst attack:\n\n{ranked}" if ranked else "")
         )
     body = "\n".join(parts)
     return (
         "Cells: honest mean accuracy in % on the full test set after the last round "
         f"(honest minimum in parentheses); `default` = `{default_rule}`. The `none` row of a "
-        "share > 0 is the clean run (share 0). "
-        f"{PRE_FIX_MARK}: run before the session-11 node-core fix ({CORE_FIX_UTC}; "
-        "docs/design-notes.md, 23) by a rule that rejects, so it may change when re-run.\n\n" + body
+        "share > 0 is the clean run (share 0).\n\n" + body
     )
 
 

@@ -404,33 +404,43 @@ def test_tables_and_goals_show_the_lowest_seed_and_the_seeds_table_shows_all() -
     assert P.seed_spread(rows[-1:]) == ""
 
 
-def test_tables_mark_the_runs_of_rejecting_rules_from_before_the_core_fix() -> None:
+def test_each_group_ranks_its_rules_by_their_worst_attack() -> None:
     k = P.MATRIX_DEGREE
-    before, after = "2026-11-22T10:00:00Z", "2026-11-23T05:00:00Z"
-    assert before < P.CORE_FIX_UTC < after
 
-    def row(
-        attack: str, rule: str, share: str, acc: float, t: str, seed: int = 0
-    ) -> dict[str, str]:
-        return {**_goal_row(k, attack, rule, share, acc, seed=seed), "finished_utc": t}
+    def row(attack: str, rule: str, acc: float, asr: str = "", seed: int = 0) -> dict[str, str]:
+        share = "0" if attack == "none" else "0.3"
+        return _goal_row(k, attack, rule, share, acc, seed=seed, asr=asr)
 
     rows = [
-        row("none", "krum", "0", 0.90, before),  # shown as the none row of 30 % too
-        row("ipm", "krum", "0.3", 0.80, before),
-        row("ipm", "krum", "0.3", 0.70, after, seed=1),  # not the shown seed
-        row("alie", "krum", "0.3", 0.85, after),
-        row("ipm", "fedavg", "0.3", 0.81, before),  # never rejects: the fix cannot change it
-        row("none", "fedavg", "0", 0.95, before),
+        row("none", "fedavg", 0.97),
+        row("ipm", "fedavg", 0.96),
+        row("scaling", "fedavg", 0.10),
+        row("backdoor", "fedavg", 0.96, asr="0.99"),
+        row("ipm", "krum", 0.90),
+        row("scaling", "krum", 0.91),
+        row("backdoor", "krum", 0.93, asr="0.20"),
+        row("ipm", "krum", 0.50, seed=1),  # not the shown seed
+        row("ipm", "median", 0.95),  # two of three attacks: unranked, last
+        row("scaling", "median", 0.94),
+        row("ipm", "dfl", 0.90),  # ties with krum's worst attack: the same rank
+        row("scaling", "dfl", 0.95),
+        row("backdoor", "dfl", 0.92, asr="0.5"),
     ]
-    assert [P.predates_core_fix(r) for r in rows] == [True, True, False, False, False, False]
-    assert not P.predates_core_fix({**rows[0], "finished_utc": ""})  # unknown: not marked
     md = P.render_markdown(rows, default_rule="fedavg")
-    m = P.PRE_FIX_MARK
-    assert f"| none | 95.0 (94.0) | 90.0 (89.0) {m} |" in md
-    assert f"| ipm | 81.0 (80.0) | 80.0 (79.0) {m} |" in md
-    assert "| alie |  | 85.0 (84.0) |" in md
-    assert f"(4 cells at this share; {m}: 1 shown run from before the fix)" in md
-    assert P.CORE_FIX_UTC in md
+    table = md.split("Ranked by the worst attack:\n\n")[1].strip().splitlines()
+    assert table[2:] == [
+        "| 1 | dfl | ipm 90.0 (89.0) | 92.3 |  | 50.0 |",
+        "| 1 | krum | ipm 90.0 (89.0) | 91.3 |  | 20.0 |",
+        "| 3 | fedavg | scaling 10.0 (9.0) | 67.3 | 97.0 (96.0) | 99.0 |",
+        "|  | median | scaling 94.0 (93.0); 2 of 3 attacks run | 94.5 |  |  |",
+    ]
+    # a `default` column is the default rule's own runs: ranked once, under `default`
+    aliased = [{**r, "rule": "default"} for r in rows if r["rule"] == "krum"]
+    ranked = P.render_markdown(rows + aliased, default_rule="krum").split("Ranked by")[1]
+    assert "| default | ipm 90.0 (89.0) |" in ranked and "| krum |" not in ranked
+    # nothing to rank with one attack or one rule
+    assert "Ranked by" not in P.render_markdown([r for r in rows if r["attack"] == "ipm"])
+    assert "Ranked by" not in P.render_markdown([r for r in rows if r["rule"] == "fedavg"])
 
 
 def test_merge_keeps_the_last_version_of_each_cell_and_relabels_goal_rows(tmp_path: Path) -> None:
