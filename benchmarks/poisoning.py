@@ -989,6 +989,17 @@ def _pct(v: float | None) -> str:
     return "" if v is None or math.isnan(v) else f"{100 * v:.1f}"
 
 
+def _pct_min(
+    cells: Mapping[tuple[str, str], float],
+    mins: Mapping[tuple[str, str], float],
+    key: tuple[str, str],
+) -> str:
+    """A cell's value in %, with its honest minimum in parentheses where known; "" if not run."""
+    s = _pct(cells.get(key))
+    m = mins.get(key)
+    return f"{s} ({_pct(m)})" if s and m is not None else s
+
+
 def _table(
     cells: dict[tuple[str, str], float],
     mins: dict[tuple[str, str], float],
@@ -999,14 +1010,7 @@ def _table(
     head = "| attack | " + " | ".join(rules) + " |\n|---|" + "---:|" * len(rules) + "\n"
     lines = []
     for a in attacks:
-        vals = []
-        for r in rules:
-            v = cells.get((a, r))
-            s = _pct(v)
-            m = mins.get((a, r))
-            if s and m is not None:
-                s += f" ({_pct(m)})"
-            vals.append(s)
+        vals = [_pct_min(cells, mins, (a, r)) for r in rules]
         lines.append(f"| {a} | " + " | ".join(vals) + " |")
         if a == "backdoor" and any((a, r) in asr for r in rules):
             lines.append(
@@ -1044,14 +1048,10 @@ def ranking(
     for i, (partial, neg_worst, rule, worst, ran) in enumerate(entries):
         if not partial and neg_worst != last:
             rank, last = i + 1, neg_worst
-        shown = f"{worst} {_pct(ran[worst])}"
-        if (worst, rule) in mins:
-            shown += f" ({_pct(mins[(worst, rule)])})"
+        shown = f"{worst} {_pct_min(cells, mins, (worst, rule))}"
         if partial:
             shown += f"; {len(ran)} of {len(attacks)} attacks run"
-        clean = _pct(cells.get(("none", rule)))
-        if clean and ("none", rule) in mins:
-            clean += f" ({_pct(mins[('none', rule)])})"
+        clean = _pct_min(cells, mins, ("none", rule))
         mean = _pct(sum(ran.values()) / len(ran))
         backdoor = _pct(asr.get(("backdoor", rule)))
         lines.append(
